@@ -1,0 +1,232 @@
+"""The one typed schema of a bootembed run.
+
+Every default lives here; stage code reads fields and never invents a default.
+YAML files in configs/ are instances of `RunConfig`; `load_config` applies
+`--set a.b=c` overrides and reports every problem at once, each with its dotted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pycountry
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names every bad field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join ('auto' or ray://host:10001); empty starts a local Ray instance."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs a local Ray instance advertises; empty = all cores of the machine."
+    )
+    object_store_mb: int = Field(256, ge=64, description="Object store size of a local Ray instance, in MiB.")
+
+
+class SeedsConfig(_Section):
+    udhr: bool = Field(True, description="Use the bundled UDHR text of each language as seed text.")
+    files: list[str] = Field(
+        default_factory=list,
+        description="User seed files: .txt (one sentence a line), .jsonl, .csv or .parquet with a `text` "
+        "column and an optional `lang` column; without one, the language is the file name's last "
+        "dot-separated part before the extension (e.g. seeds.yor.txt).",
+    )
+    eval_fraction: float = Field(
+        0.4, gt=0.0, lt=1.0, description="Share of aligned UDHR units held out for evaluation, never seen by synthesis or training."
+    )
+    split_sentences: bool = Field(True, description="Split seed paragraphs into sentences before use as anchors.")
+    min_chars: int = Field(20, ge=1, description="Seed sentences shorter than this are not used as anchors.")
+    max_chars: int = Field(300, ge=10, description="Seed sentences longer than this are not used as anchors.")
+    max_per_language: int = Field(100, ge=1, description="At most this many anchors per language (a deterministic sample).")
+
+
+class GeneratorConfig(_Section):
+    model: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="Generator LLM: 'bundled:<name>', a local Hugging Face folder, or a hub id.",
+    )
+    engine: Literal["hf"] = Field("hf", description="Generation engine: 'hf' = transformers in a Ray Data actor pool (CPU default).")
+    num_actors: int = Field(1, ge=1, description="Generation actors in the Ray Data pool.")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each generation actor (its torch threads).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads of each actor; empty = its CPUs rounded up. More than its CPUs only pays "
+        "when nothing else runs beside generation (a laptop demo)."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts generated together in one forward pass.")
+    max_new_tokens: int = Field(48, ge=1, description="Longest answer generated for one prompt, in tokens.")
+    max_prompt_tokens: int = Field(1024, ge=16, description="Prompts longer than this are dropped (counted) rather than truncated.")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 = greedy decoding.")
+
+
+class SynthesisConfig(_Section):
+    strategies: list[Literal["icl"]] = Field(
+        default_factory=lambda: ["icl"], min_length=1, description="Synthesis strategies to run; 'icl' = few-shot prompts to the base generator."
+    )
+    output_language: Literal["eng", "same"] = Field(
+        "eng",
+        description="Language of positives and hard negatives: 'eng' makes cross-lingual triplets (the paper), "
+        "'same' asks for the anchor's language.",
+    )
+    num_shots: int = Field(3, ge=0, le=16, description="Few-shot examples in each prompt (from the bundled cross-lingual NLI pairs).")
+
+
+class FilterConfig(_Section):
+    min_chars: int = Field(8, ge=1, description="Positives / negatives shorter than this are dropped.")
+    max_chars: int = Field(400, ge=10, description="Positives / negatives longer than this are dropped.")
+    language_check: bool = Field(True, description="Drop outputs whose language py3langid identifies as not the expected one (where it knows the language).")
+    min_language_confidence: float = Field(0.8, ge=0.0, le=1.0, description="Only a language guess at least this confident can drop an output.")
+
+
+class TrainConfig(_Section):
+    encoder: str = Field(
+        "bundled:multilingual-e5-small",
+        description="Encoder to fine-tune: 'bundled:<name>', a local sentence-transformers / HF folder, or a hub id.",
+    )
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP; gloo on CPU, nccl on GPU).")
+    use_gpu: bool = Field(False, description="Give each Ray Train worker a GPU.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each Ray Train worker (its torch threads).")
+    batch_size: int = Field(32, ge=2, description="Global batch size (triplets per step over all workers).")
+    epochs: int = Field(1, ge=1, description="Passes over the filtered triplets.")
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps with linear learning-rate warm-up.")
+    temperature: float = Field(0.05, gt=0, description="InfoNCE softmax temperature.")
+    max_length: int = Field(32, ge=4, description="Token limit of each text during training.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one sentence vector (the same pooling is exported with the model).")
+    prefix: str = Field("query: ", description="Prepended to every text (E5 models expect 'query: ' for symmetric tasks).")
+    freeze_embeddings: bool = Field(True, description="Keep the word-embedding matrix frozen (most of a small multilingual encoder's weights).")
+    gather_across_workers: bool = Field(True, description="Use every worker's batch as negatives (effective batch = global batch).")
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(32, ge=1, description="Texts encoded together during evaluation.")
+    plot: bool = Field(True, description="Draw PNG plots beside report.md.")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP API binds; 0.0.0.0 exposes it to the network.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
+    max_batch_size: int = Field(32, ge=1, description="Most texts one dynamic batch collects.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill up.")
+
+
+class RunConfig(_Section):
+    run_dir: str = Field("runs/demo", description="Directory (local path or pyarrow filesystem URI) of every stage's outputs.")
+    cache_dir: str = Field("~/.cache/bootembed", description="Where bundled models are materialised once as Hugging Face folders.")
+    seed: int = Field(0, description="Random seed of every sampling and split.")
+    languages: list[str] = Field(min_length=1, description="Target languages, ISO 639-3 codes (e.g. yor, kha, quc).")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("languages")
+    @classmethod
+    def _known_iso639_3(cls, languages: list[str]) -> list[str]:
+        problems = []
+        for i, code in enumerate(languages):
+            if pycountry.languages.get(alpha_3=code) is None:
+                problems.append(f"languages[{i}] = {code!r} is not an ISO 639-3 code (e.g. 'yor' for Yoruba)")
+        duplicates = sorted({c for c in languages if languages.count(c) > 1})
+        if duplicates:
+            problems.append(f"languages lists {duplicates} more than once")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return languages
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RunConfig:
+        if self.seeds.min_chars >= self.seeds.max_chars:
+            raise ValueError(
+                f"seeds.min_chars ({self.seeds.min_chars}) must be smaller than seeds.max_chars ({self.seeds.max_chars})"
+            )
+        if self.filter.min_chars >= self.filter.max_chars:
+            raise ValueError(
+                f"filter.min_chars ({self.filter.min_chars}) must be smaller than filter.max_chars ({self.filter.max_chars})"
+            )
+        if self.train.batch_size % self.train.num_workers:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of train.num_workers ({self.train.num_workers})"
+            )
+        if not self.seeds.udhr and not self.seeds.files:
+            raise ValueError("no seed text: set seeds.udhr: true or list files in seeds.files")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of some top-level sections, used as a stage's config fingerprint."""
+        dump = self.model_dump(mode="json")
+        payload = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], c) with c parsed as YAML (so 3, 0.5, true, [x, y] keep their types)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.batch_size=64")
+    key, _, value = text.partition("=")
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: the key before '=' is empty")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s) in the configuration:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `bootembed config --help-fields` lists every field)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+        lines.append(f"  - {where}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply `--set` overrides, validate; raise ConfigError naming every bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return validate_config(apply_overrides(data, overrides or []), source=str(path))

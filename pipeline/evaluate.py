@@ -1,0 +1,174 @@
+"""Stage `evaluate`: the base and the trained encoder, side by side, on held-out text.
+
+Task: bitext retrieval accuracy@1 between each target language and English over the held-out
+UDHR units. Queries are held-out units only; the candidate pool is every unit of the other
+language (held-out or not), so the task is not trivially small. Writes metrics.json,
+report.md and retrieval.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.config import RunConfig
+from pipeline.manifest import StageOutput, join, read_json
+from pipeline.seeds import PIVOT
+
+REQUIRED_COLUMNS = {"lang", "unit", "text", "held_out"}
+
+
+# ---------------------------------------------------------------- metrics (pure numpy)
+
+def retrieval_accuracy(queries: np.ndarray, query_ids: list, candidates: np.ndarray, candidate_ids: list) -> float:
+    """Share of queries whose most similar candidate (cosine) carries the same id."""
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # [nq, d]
+    c = candidates / np.linalg.norm(candidates, axis=1, keepdims=True)  # [nc, d]
+    best = (q @ c.T).argmax(axis=1)  # [nq]
+    return float(np.mean([query_ids[i] == candidate_ids[j] for i, j in enumerate(best)]))
+
+
+def bitext_scores(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
+    """acc@1 lang->eng and eng->lang; queries are held-out units, candidates every unit."""
+    idx = {(r["lang"], r["unit"]): i for i, r in enumerate(rows)}
+    held = sorted(r["unit"] for r in rows if r["lang"] == lang and r["held_out"] and (PIVOT, r["unit"]) in idx)
+    src_all = sorted(r["unit"] for r in rows if r["lang"] == lang)
+    eng_all = sorted(r["unit"] for r in rows if r["lang"] == PIVOT)
+    emb = lambda l, units: embeddings[[idx[(l, u)] for u in units]]  # noqa: E731
+    return {
+        "to_eng": retrieval_accuracy(emb(lang, held), held, emb(PIVOT, eng_all), eng_all),
+        "from_eng": retrieval_accuracy(emb(PIVOT, held), held, emb(lang, src_all), src_all),
+        "queries": len(held),
+        "candidates_eng": len(eng_all),
+        "candidates_lang": len(src_all),
+    }
+
+
+def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device="cpu")
+    texts = [r["text"] for r in rows]
+    emb = model.encode(texts, prompt=cfg.train.prefix, batch_size=cfg.evaluate.batch_size, normalize_embeddings=True,
+                       convert_to_numpy=True, show_progress_bar=False)
+    per_lang = {lang: bitext_scores(rows, emb, lang) for lang in langs}
+    return {"per_language": per_lang, "average": {k: float(np.mean([m[k] for m in per_lang.values()])) for k in ("to_eng", "from_eng")}}
+
+
+# ---------------------------------------------------------------- report
+
+def report_markdown(metrics: dict, summary: dict) -> str:
+    models = list(metrics["models"])
+    lines = ["# bootembed report", "", f"Languages: {', '.join(metrics['languages'])}. Config hash `{metrics['config_hash']}`.", ""]
+    lines += ["## Bitext retrieval accuracy@1 (held-out UDHR paragraphs)", "",
+              "Queries: held-out paragraphs; candidates: every paragraph of the other language. "
+              "`x->eng` retrieves the English translation of a target-language paragraph, `eng->x` the reverse.", ""]
+    for direction, label in (("to_eng", "x->eng"), ("from_eng", "eng->x")):
+        head = ["language", *[f"{m} {label}" for m in models], *[f"Δ {m}" for m in models[1:]], "queries"]
+        lines += [f"### {label}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for lang in [*metrics["languages"], "average"]:
+            vals = [metrics["models"][m]["average" if lang == "average" else "per_language"] for m in models]
+            vals = [v[direction] if lang == "average" else v[lang][direction] for v in vals]
+            best = max(vals)
+            cells = [f"**{v:.3f}**" if v == best and vals.count(best) == 1 else f"{v:.3f}" for v in vals]
+            deltas = [f"{v - vals[0]:+.3f}" for v in vals[1:]]
+            n = sum(metrics["models"][models[0]]["per_language"][x]["queries"] for x in metrics["languages"]) if lang == "average" \
+                else metrics["models"][models[0]]["per_language"][lang]["queries"]
+            lines.append("| " + " | ".join([lang, *cells, *deltas, str(n)]) + " |")
+        lines.append("")
+    lines += ["![retrieval](retrieval.png)", "", "## Data", ""]
+    lines += [f"- {k}: {v}" for k, v in summary.items() if not isinstance(v, list)]
+    examples = summary.get("examples", [])
+    if examples:
+        lines += ["", "### Example triplets", "", "| lang | anchor | positive | hard negative |", "|---|---|---|---|"]
+        for ex in examples:
+            cell = lambda s: (s or "").replace("|", "\\|")[:140]  # noqa: E731
+            lines.append(f"| {ex['lang']} | {cell(ex['anchor'])} | {cell(ex['positive'])} | {cell(ex['negative'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_retrieval(metrics: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    langs, models = [*metrics["languages"], "average"], list(metrics["models"])
+    fig, axes = plt.subplots(1, 2, figsize=(5 + 1.2 * len(langs), 4), sharey=True)
+    width = 0.8 / len(models)
+    for ax, (direction, label) in zip(axes, (("to_eng", "x -> eng"), ("from_eng", "eng -> x"))):
+        for k, m in enumerate(models):
+            vals = [metrics["models"][m]["average" if lang == "average" else "per_language"] for lang in langs]
+            vals = [v[direction] if lang == "average" else v[lang][direction] for v, lang in zip(vals, langs)]
+            bars = ax.bar(np.arange(len(langs)) + k * width, vals, width, label=m)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks(np.arange(len(langs)) + width * (len(models) - 1) / 2, langs)
+        ax.set_title(f"Bitext retrieval acc@1, {label}")
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("accuracy@1")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def data_summary(inputs: dict[str, str]) -> dict:
+    """Counts and example triplets from the upstream stages, for the report."""
+    summary: dict = {}
+    for stage in ("seeds", "synthesize", "filter", "train"):
+        manifest = read_json(inputs[f"{stage}_manifest"]) if f"{stage}_manifest" in inputs else None
+        if manifest:
+            summary[f"{stage} counts"] = manifest["counts"]
+            summary[f"{stage} seconds"] = manifest["seconds"]
+            if "drop_reasons" in manifest.get("details", {}):
+                summary[f"{stage} drop reasons"] = manifest["details"]["drop_reasons"]
+    if "triplets" in inputs:
+        triplets = pq.read_table(inputs["triplets"]).to_pylist()
+        by_lang: dict[str, list] = {}
+        for t in triplets:
+            by_lang.setdefault(t["lang"], []).append(t)
+        summary["examples"] = [t for ts in by_lang.values() for t in ts[:2]]
+    return summary
+
+
+# ---------------------------------------------------------------- the stage
+
+def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
+    import torch
+
+    from pipeline.models import resolve_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    columns = set(pq.read_schema(inputs["eval"]).names)
+    if not REQUIRED_COLUMNS <= columns:
+        raise ValueError(f"evaluate: {inputs['eval']} lacks columns {sorted(REQUIRED_COLUMNS - columns)} (it has {sorted(columns)})")
+    rows = pq.read_table(inputs["eval"]).to_pylist()
+    present = {r["lang"] for r in rows}
+    langs = [lang for lang in cfg.languages if lang in present]
+    skipped = {lang: "no held-out UDHR text for this language" for lang in cfg.languages if lang not in present}
+    models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), "trained": inputs["model"]}
+    metrics = {
+        "languages": langs,
+        "skipped": skipped,
+        "config_hash": cfg.section_hash(*RunConfig.model_fields),
+        "task": "bitext retrieval accuracy@1 on held-out UDHR units",
+        "models": {name: evaluate_model(path, rows, langs, cfg) for name, path in models.items()} if langs else {},
+    }
+    metrics_path, report_path, plot_path = (join(out_dir, n) for n in ("metrics.json", "report.md", "retrieval.png"))
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    outputs = {"metrics": metrics_path, "report": report_path}
+    if langs:
+        with open(report_path, "w") as f:
+            f.write(report_markdown(metrics, data_summary(inputs)))
+        if cfg.evaluate.plot:
+            plot_retrieval(metrics, plot_path)
+            outputs["plot"] = plot_path
+    else:
+        with open(report_path, "w") as f:
+            f.write("# bootembed report\n\nNo language has held-out evaluation text: " + json.dumps(skipped) + "\n")
+    averages = {m: v["average"] for m, v in metrics["models"].items()}
+    return StageOutput(outputs=outputs, counts={"languages": len(langs)}, details={"average": averages, "skipped": skipped})

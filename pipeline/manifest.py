@@ -1,0 +1,96 @@
+"""Stage manifests: the resume marker and the provenance of every stage output.
+
+A stage's manifest.json is written last, after all its outputs. Its `fingerprint` hashes the
+config sections the stage reads and the fingerprints of the stages it reads from, so a rerun
+skips a stage exactly when nothing it depends on changed. Paths may be local or pyarrow URIs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI such as s3://bucket/run."""
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
+
+
+def read_json(path: str) -> dict | None:
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(p) as f:
+        return json.loads(f.read())
+
+
+def write_json(path: str, data: dict) -> None:
+    fs, p = filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    tmp = p + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+    fs.move(tmp, p)
+
+
+def reset_dir(path: str) -> None:
+    """Empty a stage directory before it is rewritten, so no stale partial output survives."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type != pafs.FileType.NotFound:
+        fs.delete_dir_contents(p)
+    fs.create_dir(p, recursive=True)
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def fingerprint(stage: str, config_hash: str, upstream: list[dict]) -> str:
+    parts = [stage, config_hash, *sorted(m["fingerprint"] for m in upstream)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageOutput:
+    """What a stage function returns: its output paths and the facts worth recording."""
+
+    outputs: dict[str, str]
+    counts: dict[str, int] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+
+def build_manifest(stage: str, fp: str, config_hash: str, inputs: dict[str, str], result: StageOutput, seconds: float) -> dict:
+    return {
+        "stage": stage,
+        "fingerprint": fp,
+        "config_hash": config_hash,
+        "inputs": inputs,
+        "outputs": result.outputs,
+        "counts": result.counts,
+        "details": result.details,
+        "seconds": round(seconds, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code_version": code_version(),
+    }

@@ -1,0 +1,110 @@
+"""Runs stages in order on one Ray instance, skipping every stage whose manifest is current.
+
+    seeds -> synthesize -> filter -> train -> evaluate
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline import evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
+from pipeline.config import RunConfig
+from pipeline.manifest import MANIFEST, StageOutput, build_manifest, filesystem, fingerprint, join, read_json, write_json
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    fn: Callable[[RunConfig, dict[str, str], str], StageOutput]
+    sections: tuple[str, ...]  # the config sections the stage reads
+    needs: dict[str, tuple[str, str]] = field(default_factory=dict)  # input name -> (stage, output name)
+    uses_ray: bool = False
+
+
+STAGES = [
+    Stage("seeds", seeds.run, ("languages", "seeds", "seed")),
+    Stage("synthesize", synthesize.run, ("generator", "synthesis"), {"train": ("seeds", "train")}, uses_ray=True),
+    Stage("filter", filter.run, ("filter", "synthesis"), {"generations": ("synthesize", "generations")}),
+    Stage("train", train.run, ("train", "seed", "languages"), {"triplets": ("filter", "triplets")}, uses_ray=True),
+    Stage("evaluate", evaluate.run, ("evaluate", "train"),
+          {"eval": ("seeds", "eval"), "model": ("train", "model"), "triplets": ("filter", "triplets")}),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+class StageInputError(RuntimeError):
+    """A stage was asked to run before the stages it reads from."""
+
+
+def stage_by_name(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
+
+
+def manifest_path(cfg: RunConfig, stage: str) -> str:
+    return join(cfg.run_dir, stage, MANIFEST)
+
+
+def upstream_manifests(cfg: RunConfig, stage: Stage) -> dict[str, dict]:
+    manifests = {}
+    for upstream in sorted({s for s, _ in stage.needs.values()}):
+        manifest = read_json(manifest_path(cfg, upstream))
+        if manifest is None:
+            raise StageInputError(
+                f"stage '{stage.name}' reads the output of '{upstream}', which has not finished in {cfg.run_dir}; "
+                f"run `bootembed {upstream} CONFIG` or `bootembed run CONFIG` first"
+            )
+        manifests[upstream] = manifest
+    return manifests
+
+
+def start_ray(cfg: RunConfig) -> None:
+    """Join the configured cluster, or start a small local Ray instance bound to loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address)
+    else:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                 object_store_memory=cfg.ray.object_store_mb * 1024 * 1024, _node_ip_address="127.0.0.1")
+
+
+def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run one stage unless its manifest is current; return the manifest."""
+    upstream = upstream_manifests(cfg, stage)
+    config_hash = cfg.section_hash(*stage.sections)
+    fp = fingerprint(stage.name, config_hash, list(upstream.values()))
+    path = manifest_path(cfg, stage.name)
+    existing = read_json(path)
+    if existing and existing.get("fingerprint") == fp and not force:
+        log(f"[{stage.name}] up to date (finished {existing['finished_at']}), skipped")
+        return existing
+
+    inputs = {name: upstream[s]["outputs"][out] for name, (s, out) in stage.needs.items()}
+    inputs.update({f"{s}_manifest": manifest_path(cfg, s) for s in STAGE_NAMES[: STAGE_NAMES.index(stage.name)]})
+    out_dir = join(cfg.run_dir, stage.name)
+    fs, local = filesystem(out_dir)
+    fs.create_dir(local, recursive=True)
+    if existing:  # an outdated manifest must not vouch for outputs that are about to change
+        fs.delete_file(filesystem(path)[1])
+    if stage.uses_ray:
+        start_ray(cfg)
+    log(f"[{stage.name}] running ...")
+    started = time.perf_counter()
+    result = stage.fn(cfg, inputs, out_dir)
+    manifest = build_manifest(stage.name, fp, config_hash, inputs, result, time.perf_counter() - started)
+    write_json(path, manifest)
+    log(f"[{stage.name}] done in {manifest['seconds']:.1f} s: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+    return manifest
+
+
+def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, force: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Run the named stages (default: all) in pipeline order; return their manifests."""
+    chosen = [s for s in STAGES if stages is None or s.name in stages]
+    return {s.name: run_stage(cfg, s, force=force, log=log) for s in chosen}

@@ -1,0 +1,217 @@
+"""Stage `train`: triplets -> a fine-tuned sentence encoder (Ray Train TorchTrainer, DDP).
+
+The loss is InfoNCE over in-batch negatives plus the hard negative, with candidates gathered
+from every worker so the effective batch is the global one. Rank 0 checkpoints each epoch; a
+rerun of an interrupted run resumes from the last checkpoint. The result is exported as a
+sentence-transformers folder that `SentenceTransformer(path)` loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import time
+
+import pyarrow.parquet as pq
+
+from pipeline.config import RunConfig
+from pipeline.manifest import StageOutput, join
+
+REQUIRED_COLUMNS = {"anchor", "positive", "negative"}
+
+
+# ---------------------------------------------------------------- model pieces (pure torch)
+
+def pool(hidden, attention_mask, mode: str):
+    """Token states [n, t, d] -> sentence vectors [n, d]."""
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [n, t, 1]
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def load_encoder(path: str, freeze_embeddings: bool):
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:  # DDP rejects parameters that get no gradient, such as BERT's unused pooler
+        model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:
+        model = AutoModel.from_pretrained(path)
+    if freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    return tokenizer, model
+
+
+def embed_triplets(model, tokenizer, batch: dict, cfg: dict):
+    """One forward pass over anchors, positives and negatives together -> three [b, d] tensors."""
+    prefix, b = cfg["prefix"], len(batch["anchor"])
+    texts = [prefix + str(t) for col in ("anchor", "positive", "negative") for t in batch[col]]
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_length"], return_tensors="pt")
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    hidden = model(**enc).last_hidden_state  # [3b, t, d]
+    emb = pool(hidden, enc["attention_mask"], cfg["pooling"])  # [3b, d]
+    return emb[:b], emb[b:2 * b], emb[2 * b:]
+
+
+# ---------------------------------------------------------------- the Ray Train loop
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import torch
+    from ray.train.torch import prepare_model
+
+    from pipeline.losses import gather_with_grad, info_nce
+
+    cfg = config["train"]
+    torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
+    torch.manual_seed(config["seed"])
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+
+    tokenizer, model = load_encoder(config["encoder_path"], cfg["freeze_embeddings"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
+    total_steps = config["steps_per_epoch"] * cfg["epochs"]
+    warmup = int(total_steps * cfg["warmup_ratio"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch = state["epoch"] + 1
+    model = prepare_model(model) if world > 1 else model
+    model.train()
+
+    shard = ray.train.get_dataset_shard("train")
+    local_batch = cfg["batch_size"] // world
+    for epoch in range(start_epoch, cfg["epochs"]):
+        started, seen, losses = time.perf_counter(), 0, []
+        for batch in shard.iter_batches(batch_size=local_batch, batch_format="numpy", local_shuffle_buffer_size=4 * local_batch,
+                                        local_shuffle_seed=config["seed"] + epoch):
+            if len(batch["anchor"]) < 2:
+                continue
+            anchor, positive, negative = embed_triplets(model, tokenizer, batch, cfg)
+            if cfg["gather_across_workers"]:
+                positive, offset = gather_with_grad(positive)
+                negative, _ = gather_with_grad(negative)
+            else:
+                offset = 0
+            loss = info_nce(anchor, positive, negative, cfg["temperature"], offset)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(batch["anchor"])
+            losses.append(loss.item())
+            if rank == 0 and len(losses) % 10 == 0:
+                print(f"[train] epoch {epoch + 1} step {len(losses)}/{config['steps_per_epoch']} loss {loss.item():.4f}", flush=True)
+        seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "steps": len(losses),
+                   "samples_per_s": seen * world / max(seconds, 1e-9), "seconds": seconds}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                unwrapped = model.module if hasattr(model, "module") else model
+                torch.save({"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "epoch": epoch}, os.path.join(d, "state.pt"))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+# ---------------------------------------------------------------- export
+
+def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, out_path: str, details: dict) -> None:
+    """Write a sentence-transformers folder: weights + tokenizer, pooling, normalisation, prompt, model card."""
+    from sentence_transformers import SentenceTransformer, models
+
+    tokenizer, model = load_encoder(encoder_path, freeze_embeddings=False)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    with tempfile.TemporaryDirectory() as hf_dir:
+        model.save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
+        transformer = models.Transformer(hf_dir, max_seq_length=max(cfg.train.max_length, 128))
+        pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=cfg.train.pooling)
+        prompts = {"query": cfg.train.prefix} if cfg.train.prefix else {}
+        st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
+                                 default_prompt_name="query" if prompts else None)
+        st.model_card_data.language = cfg.languages
+        st.model_card_data.model_name = f"bootembed encoder for {', '.join(cfg.languages)}"
+        st.save(out_path)
+    with open(os.path.join(out_path, "BOOTEMBED.md"), "w") as f:
+        f.write(model_card_note(cfg, details))
+
+
+def model_card_note(cfg: RunConfig, details: dict) -> str:
+    return (
+        f"# bootembed encoder\n\nFine-tuned from `{cfg.train.encoder}` on synthetic triplets for "
+        f"{', '.join(cfg.languages)} (strategies: {', '.join(cfg.synthesis.strategies)}; generator "
+        f"`{cfg.generator.model}`).\n\nTraining: InfoNCE (temperature {cfg.train.temperature}) over in-batch and hard "
+        f"negatives, batch {cfg.train.batch_size}, lr {cfg.train.lr}, {cfg.train.epochs} epoch(s), max length "
+        f"{cfg.train.max_length}, {cfg.train.pooling} pooling; {details.get('triplets', '?')} triplets, final loss "
+        f"{details.get('final_loss', float('nan')):.4f}.\n\nTexts are prefixed with {cfg.train.prefix!r} "
+        f"(the default prompt of this model, applied by `encode`).\n\nLoad: `SentenceTransformer(path)`.\n"
+    )
+
+
+# ---------------------------------------------------------------- the stage
+
+def triplets_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
+    import ray
+    import torch
+    from ray.train import CheckpointConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.models import resolve_model
+
+    triplets = inputs["triplets"]
+    columns = set(pq.read_schema(triplets).names)
+    if not REQUIRED_COLUMNS <= columns:
+        raise ValueError(f"train: {triplets} lacks columns {sorted(REQUIRED_COLUMNS - columns)} (it has {sorted(columns)})")
+    rows = pq.read_metadata(triplets).num_rows
+    if rows < 2:
+        raise ValueError(f"train: {triplets} holds {rows} triplet(s); at least 2 are needed. Look at filter/dropped.parquet "
+                         "for why rows were dropped, or raise seeds.max_per_language")
+
+    encoder_path = resolve_model(cfg.train.encoder, cfg.cache_dir)
+    steps_per_epoch = math.ceil(rows / cfg.train.batch_size)
+    loop_config = {"train": cfg.train.model_dump(mode="json"), "seed": cfg.seed, "encoder_path": encoder_path,
+                   "steps_per_epoch": steps_per_epoch}
+    # Same triplets + same train config -> same name, so Ray Train resumes an interrupted run.
+    name = f"ray-{cfg.section_hash('train', 'seed')}-{triplets_digest(triplets)}"
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        run_config=TrainRunConfig(name=name, storage_path=os.path.abspath(join(out_dir, "checkpoints")),
+                                  checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        datasets={"train": ray.data.read_parquet(triplets)},
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
+    history = [m for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])]
+    details = {"triplets": rows, "final_loss": result.metrics["loss"], "epochs": history,
+               "samples_per_s": result.metrics["samples_per_s"], "encoder": encoder_path}
+    model_path = join(out_dir, "model")
+    export_sentence_transformer(encoder_path, state["model"], cfg, model_path, details)
+    return StageOutput(outputs={"model": model_path}, counts={"triplets": rows, "steps": steps_per_epoch * cfg.train.epochs},
+                       details=details)

@@ -1,0 +1,91 @@
+"""Shared fixtures: one local Ray instance on loopback, tiny and bundled models, run configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from pipeline.config import RunConfig, validate_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# Bundled models are materialised once per machine, like a user's cache; tests never download.
+CACHE_DIR = os.environ.get("BOOTEMBED_TEST_CACHE", os.path.expanduser("~/.cache/bootembed"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A private local Ray instance (never attaches to one a developer left running)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+             _node_ip_address="127.0.0.1", log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> str:
+    return CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def generator_path(cache_dir) -> str:
+    from pipeline.models import resolve_model
+
+    return resolve_model("bundled:smollm2-135m-instruct", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def e5_path(cache_dir) -> str:
+    from pipeline.models import resolve_model
+
+    return resolve_model("bundled:multilingual-e5-small", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_path(cache_dir) -> str:
+    from pipeline.models import resolve_model
+
+    return resolve_model("bundled:all-minilm-l6-v2", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as a sentence-transformers folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config, add_pooling_layer=False).save_pretrained(root / "hf")
+    tokenizer.save_pretrained(root / "hf")
+    transformer = models.Transformer(str(root / "hf"), max_seq_length=64)
+    pooling = models.Pooling(32, pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()]).save(str(root / "st"))
+    return str(root / "st")
+
+
+@pytest.fixture
+def make_config(tmp_path, cache_dir):
+    """RunConfig factory: a run directory under tmp_path plus any field overrides (nested dicts)."""
+
+    def make(**fields) -> RunConfig:
+        data = {"run_dir": str(tmp_path / "run"), "cache_dir": cache_dir, "languages": ["yor", "kha"]}
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                data.setdefault(key, {}).update(value)
+            else:
+                data[key] = value
+        return validate_config(data)
+
+    return make

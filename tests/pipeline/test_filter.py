@@ -1,0 +1,43 @@
+from pipeline.filter import filter_rows, langid_code
+
+
+def row(i, anchor="Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", pos="Everyone has the right to life.", neg="Nobody has any right to live.",
+        status="ok", lang="yor"):
+    return {"id": str(i), "lang": lang, "strategy": "icl", "anchor": anchor, "positive": pos, "negative": neg, "status": status}
+
+
+def test_each_bad_row_is_dropped_with_its_reason_and_good_rows_kept(make_config):
+    cfg = make_config()
+    rows = [
+        row(0),
+        row(1, status="negative:unparseable:empty"),
+        row(2, pos="Yes."),
+        row(3, pos="Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè"),
+        row(4, neg="Everyone has the right to life"),
+        row(5, pos="x" * 500),
+        row(6),
+        row(7, pos="Toute personne a droit à la vie, à la liberté et à la sûreté de sa personne."),
+    ]
+    kept, dropped = filter_rows(rows, cfg)
+    assert [r["id"] for r in kept] == ["0"]
+    reasons = {r["id"]: r["reason"] for r in dropped}
+    assert reasons == {
+        "1": "generation:negative:unparseable:empty",
+        "2": "positive_too_short",
+        "3": "positive_copies_anchor",
+        "4": "positive_equals_negative",
+        "5": "positive_too_long",
+        "6": "duplicate",
+        "7": "positive_wrong_language",
+    }
+
+
+def test_language_check_can_be_switched_off_and_skips_unknown_languages(make_config):
+    french = row(0, pos="Toute personne a droit à la vie, à la liberté et à la sûreté de sa personne.")
+    kept, _ = filter_rows([french], make_config(filter={"language_check": False}))
+    assert len(kept) == 1
+    assert langid_code("eng") == "en"
+    assert langid_code("quc") is None  # py3langid does not know K'iche': it must not judge it
+    same = make_config(synthesis={"output_language": "same"})
+    kept, _ = filter_rows([row(0, pos="Ri winaq ronojel kekʼiy pa ronojel uwach.", neg="Man jun winaq ta kekʼiy.", lang="quc")], same)
+    assert len(kept) == 1
