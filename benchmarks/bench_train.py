@@ -207,8 +207,10 @@ def main() -> None:
         runs: dict[str, list[Result]] = {"bootembed": [], "st": []}
         for i in range(args.repeats):
             work = os.path.join(tmp, f"run{i}")
-            runs["st"].append(run_sentence_transformers(triplets_path, args.triplets, args, work))
-            runs["bootembed"].append(run_bootembed(triplets_path, args.triplets, args, work))
+            order = ("st", "bootembed") if i % 2 == 0 else ("bootembed", "st")  # alternate: load drifts over time
+            for name in order:
+                bench = run_sentence_transformers if name == "st" else run_bootembed
+                runs[name].append(bench(triplets_path, args.triplets, args, work))
             for r in (runs["bootembed"][-1], runs["st"][-1]):
                 print(f"[bench] run {i + 1}: {r.trainer}: {r.steady_samples_per_s:.1f} samples/s, wall {r.wall_s:.1f} s",
                       flush=True)

@@ -126,12 +126,14 @@ class HFGenerator:
     def generate_safely(self, prompts: list[str]) -> list[tuple[str | None, str]]:
         """(raw answer, "ok") per prompt; an engine error costs only the prompts it hit."""
         results: list[tuple[str | None, str]] = [(None, "")] * len(prompts)
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         todo = []
-        for i, p in enumerate(prompts):
-            if len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) > self.gen["max_prompt_tokens"]:
+        for i, n in enumerate(lengths):
+            if n > self.gen["max_prompt_tokens"]:
                 results[i] = (None, "prompt_too_long")
             else:
                 todo.append(i)
+        todo.sort(key=lambda i: lengths[i])  # similar lengths batch together: less padding to compute
         for start in range(0, len(todo), self.gen["batch_size"]):
             chunk = todo[start:start + self.gen["batch_size"]]
             try:
