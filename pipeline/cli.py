@@ -80,7 +80,8 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
 ) -> None:
     """Serve trained encoders behind an OpenAI-compatible embeddings API (Ctrl-C stops it)."""
-    import time
+    import signal
+    import threading
 
     import ray
     from ray import serve as ray_serve
@@ -90,21 +91,26 @@ def serve(
     models: dict[str, str] = {}
     for source in sources:
         try:
-            models.update(models_of_run(source))
+            found = models_of_run(source)
         except FileNotFoundError as err:
             fail(str(err))
+        for name in found.keys() & models.keys():
+            fail(f"two sources are both named {name!r} ({models[name]} and {found[name]}); rename one directory")
+        models.update(found)
     ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024, _node_ip_address="127.0.0.1")
     ray_serve.start(http_options={"host": host, "port": port})
     ray_serve.run(build_app(models), name="bootembed", route_prefix="/")
     typer.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings (Ctrl-C stops)")
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        typer.echo("stopping ...")
-    finally:
-        ray_serve.shutdown()
-        ray.shutdown()
+    sys.stdout.flush()
+    stop = threading.Event()
+    # Our own handler: Ctrl-C (or SIGTERM from a supervisor) means a clean shutdown, not a traceback.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        stop.wait(1)
+    typer.echo("stopping ...")
+    ray_serve.shutdown()
+    ray.shutdown()
 
 
 def main() -> None:  # pragma: no cover - console entry point

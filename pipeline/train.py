@@ -135,18 +135,23 @@ def train_loop(config: dict) -> None:
 
 def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, out_path: str, details: dict) -> None:
     """Write a sentence-transformers folder: weights + tokenizer, pooling, normalisation, prompt, model card."""
-    from sentence_transformers import SentenceTransformer, models
+    import inspect
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     tokenizer, model = load_encoder(encoder_path, freeze_embeddings=False)
     if state_dict is not None:
         model.load_state_dict(state_dict)
+    # Trained without a pooler (DDP needs every parameter used): export without one, not a random one.
+    no_pooler = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(type(model).__init__).parameters else {}
     with tempfile.TemporaryDirectory() as hf_dir:
         model.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
-        transformer = models.Transformer(hf_dir, max_seq_length=max(cfg.train.max_length, 128))
-        pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=cfg.train.pooling)
+        transformer = Transformer(hf_dir, max_seq_length=max(cfg.train.max_length, 128), model_kwargs=no_pooler)
+        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode=cfg.train.pooling)
         prompts = {"query": cfg.train.prefix} if cfg.train.prefix else {}
-        st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
+        st = SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=prompts,
                                  default_prompt_name="query" if prompts else None)
         st.model_card_data.language = cfg.languages
         st.model_card_data.model_name = f"bootembed encoder for {', '.join(cfg.languages)}"

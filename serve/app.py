@@ -164,7 +164,8 @@ def build_app(models: dict[str, str], max_batch_size: int = 32, batch_wait_timeo
         raise ValueError("no models to serve")
     cpus = (10_000 // len(models)) / 10_000 if encoder_cpus is None else encoder_cpus  # Ray counts in 1e-4 CPUs
     encoders = {
-        name: Encoder.options(name=f"Encoder-{name}", ray_actor_options={"num_cpus": cpus})
+        name: Encoder.options(name=f"Encoder-{name}", ray_actor_options={"num_cpus": cpus},
+                        max_ongoing_requests=2 * max_batch_size)  # room to fill a batch
         .bind(path, max_batch_size, batch_wait_timeout_s)
         for name, path in models.items()
     }
