@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
 from pipeline.run import STAGE_NAMES, StageInputError, run_pipeline
 from pipeline.seeds import SeedError
 
@@ -73,11 +73,22 @@ def config(config: ConfigArg, set: SetOpt = None) -> None:
     typer.echo(yaml.safe_dump(load(config, set).model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
+_SERVE = ServeConfig()  # the serve command's defaults are the config schema's
+
+
 @app.command()
 def serve(
     sources: Annotated[list[str], typer.Argument(help="Run directories or sentence-transformers folders to serve.")],
-    host: Annotated[str, typer.Option(help="Bind address; use 0.0.0.0 only behind an API key or a firewall.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Bind address; use 0.0.0.0 only behind an API key or a firewall.")] = _SERVE.host,
+    port: Annotated[int, typer.Option(help="HTTP port.", min=1, max=65535)] = _SERVE.port,
+    max_batch_size: Annotated[int, typer.Option(help="Most requests one encoder replica batches together.", min=1)]
+        = _SERVE.max_batch_size,
+    batch_wait_timeout_s: Annotated[float, typer.Option(help="Seconds a batch waits to fill up.", min=0)]
+        = _SERVE.batch_wait_timeout_s,
+    num_replicas: Annotated[int, typer.Option(help="Encoder replicas per model.", min=1)] = _SERVE.num_replicas,
+    api_key_env: Annotated[str | None, typer.Option(
+        help=f"Require the API key in this environment variable as a Bearer token on /v1/* (default: "
+             f"{_SERVE.api_key_env}, if set).")] = None,
 ) -> None:
     """Serve trained encoders behind an OpenAI-compatible embeddings API (Ctrl-C stops it)."""
     import signal
@@ -86,7 +97,7 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
-    from serve.app import build_app, models_of_run
+    from serve.app import api_key_from_env, build_app, is_loopback, models_of_run
 
     models: dict[str, str] = {}
     for source in sources:
@@ -97,15 +108,27 @@ def serve(
         for name in found.keys() & models.keys():
             fail(f"two sources are both named {name!r} ({models[name]} and {found[name]}); rename one directory")
         models.update(found)
-    ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024, _node_ip_address="127.0.0.1")
-    ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(models), name="bootembed", route_prefix="/")
-    typer.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings (Ctrl-C stops)")
-    sys.stdout.flush()
+    try:
+        api_key = api_key_from_env(api_key_env or None)
+    except ValueError as err:
+        fail(str(err))
+    if api_key is None and not is_loopback(host):
+        typer.secho(f"warning: binding {host} without an API key exposes the API to the network; set "
+                    f"{_SERVE.api_key_env} (or --api-key-env NAME) or bind 127.0.0.1", fg=typer.colors.YELLOW, err=True)
+
     stop = threading.Event()
-    # Our own handler: Ctrl-C (or SIGTERM from a supervisor) means a clean shutdown, not a traceback.
+    ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024, _node_ip_address="127.0.0.1")
+    # Our own handler, installed before the (slow) deployment: Ctrl-C or SIGTERM at any point from here on
+    # means a clean shutdown, not a traceback and exit code 130.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    ray_serve.start(http_options={"host": host, "port": port})
+    ray_serve.run(build_app(models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                            num_replicas=num_replicas, api_key=api_key), name="bootembed", route_prefix="/")
+    auth = f"API key required (from ${api_key_env or _SERVE.api_key_env})" if api_key else "no API key"
+    typer.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings ({num_replicas} replica(s) per model, "
+               f"max batch {max_batch_size}, batch wait {batch_wait_timeout_s}s, {auth}; Ctrl-C stops)")
+    sys.stdout.flush()
     while not stop.is_set():
         stop.wait(1)
     typer.echo("stopping ...")

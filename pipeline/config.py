@@ -87,6 +87,11 @@ class FilterConfig(_Section):
     max_chars: int = Field(400, ge=10, description="Positives / negatives longer than this are dropped.")
     language_check: bool = Field(True, description="Drop outputs whose language py3langid identifies as not the expected one (where it knows the language).")
     min_language_confidence: float = Field(0.8, ge=0.0, le=1.0, description="Only a language guess at least this confident can drop an output.")
+    margin: float | None = Field(
+        None, ge=-2.0, le=2.0,
+        description="If set, the base encoder (train.encoder) must score cos(anchor, positive) - cos(anchor, negative) "
+        "at least this high, or the triplet is dropped; empty = no margin filter.",
+    )
 
 
 class TrainConfig(_Section):
@@ -112,13 +117,30 @@ class TrainConfig(_Section):
 class EvaluateConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Texts encoded together during evaluation.")
     plot: bool = Field(True, description="Draw PNG plots beside report.md.")
+    tasks: list[Literal["bli", "classification"]] = Field(
+        default_factory=lambda: ["bli", "classification"],
+        description="Tasks run beside bitext retrieval (always on): bilingual lexicon induction, topic classification.")
+    bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals; 0 turns intervals off.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap confidence intervals.")
+    dictionaries: dict[str, str] = Field(
+        default_factory=dict,
+        description="BLI dictionaries per language: lang -> a dictd prefix (NAME for NAME.index + NAME.dict.dz) "
+                    "or a two-column TSV (source word TAB English word); overrides the bundled ones (kha, swh).")
+    bli_cldr_fallback: bool = Field(
+        True, description="For languages without a dictionary, use one-word CLDR emoji short names aligned with English.")
+    bli_max_words: int = Field(1000, ge=0, description="Most query words per language for BLI (sampled; 0 = all).")
+    classification_source: str = Field("eng", description="Language the topic probe is trained on (zero-shot transfer to each target).")
+    classification_max_test: int = Field(1000, ge=0, description="Most test texts per language for topic classification (sampled; 0 = all).")
 
 
 class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP API binds; 0.0.0.0 exposes it to the network.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
-    max_batch_size: int = Field(32, ge=1, description="Most texts one dynamic batch collects.")
+    max_batch_size: int = Field(32, ge=1, description="Most requests one dynamic batch of an encoder replica collects.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill up.")
+    num_replicas: int = Field(1, ge=1, description="Encoder replicas per served model.")
+    api_key_env: str = Field("BOOTEMBED_API_KEY", description="Environment variable holding the API key (Bearer "
+                             "token) that /v1/* requires; unset means no key (fine on loopback only).")
 
 
 class RunConfig(_Section):
@@ -168,9 +190,16 @@ class RunConfig(_Section):
         return self
 
     def section_hash(self, *sections: str) -> str:
-        """A stable hash of some top-level sections, used as a stage's config fingerprint."""
+        """A stable hash of some sections or dotted fields (`train.encoder`), used as a stage's config fingerprint."""
         dump = self.model_dump(mode="json")
-        payload = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+
+        def value(path: str):
+            node = dump
+            for part in path.split("."):
+                node = node[part]
+            return node
+
+        payload = json.dumps({s: value(s) for s in sections}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -1,9 +1,18 @@
 """Stage `evaluate`: the base and the trained encoder, side by side, on held-out text.
 
-Task: bitext retrieval accuracy@1 between each target language and English over the held-out
-UDHR units. Queries are held-out units only; the candidate pool is every unit of the other
-language (held-out or not), so the task is not trivially small. Writes metrics.json,
-report.md and retrieval.png.
+Tasks:
+- bitext retrieval (always): accuracy@1 and MRR@10 between each target language and English
+  over the held-out UDHR units. Queries are held-out units only; the candidate pool is every
+  unit of the other language (held-out or not), so the task is not trivially small.
+- bilingual lexicon induction (`bli`): P@1 / P@5 of the nearest English word (cosine of word
+  embeddings) among every English word of the language's dictionary (bundled FreeDict subsets,
+  user dictd / TSV files, or one-word CLDR emoji names).
+- topic classification (`classification`): a logistic-regression probe on frozen embeddings of
+  CLDR emoji short names, trained on English, tested on the target language (zero-shot
+  transfer), accuracy and macro-F1 over the 8 emoji groups.
+Averages carry stratified bootstrap confidence intervals and differences to the base a paired
+interval. Writes metrics.json (legacy retrieval under "models", every task under "tasks"),
+report.md, retrieval.png and tasks.png.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline import _eval_tasks as tasks
 from pipeline.config import RunConfig
 from pipeline.manifest import StageOutput, join, read_json
 from pipeline.seeds import PIVOT
@@ -31,31 +41,129 @@ def retrieval_accuracy(queries: np.ndarray, query_ids: list, candidates: np.ndar
     return float(np.mean([query_ids[i] == candidate_ids[j] for i, j in enumerate(best)]))
 
 
-def bitext_scores(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
-    """acc@1 lang->eng and eng->lang; queries are held-out units, candidates every unit."""
+def bitext_items(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
+    """Per-query vectors (hit@1, reciprocal rank within 10) both directions, plus pool sizes."""
     idx = {(r["lang"], r["unit"]): i for i, r in enumerate(rows)}
     held = sorted(r["unit"] for r in rows if r["lang"] == lang and r["held_out"] and (PIVOT, r["unit"]) in idx)
     src_all = sorted(r["unit"] for r in rows if r["lang"] == lang)
     eng_all = sorted(r["unit"] for r in rows if r["lang"] == PIVOT)
     emb = lambda l, units: embeddings[[idx[(l, u)] for u in units]]  # noqa: E731
+    to_eng = tasks.rank_scores(emb(lang, held), held, emb(PIVOT, eng_all), eng_all)
+    from_eng = tasks.rank_scores(emb(PIVOT, held), held, emb(lang, src_all), src_all)
+    return {"hit1_to": to_eng["hit1"], "rr_to": to_eng["rr"], "hit1_from": from_eng["hit1"], "rr_from": from_eng["rr"],
+            "candidates_eng": len(eng_all), "candidates_lang": len(src_all)}
+
+
+def bitext_scores(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
+    """acc@1 and MRR@10 lang->eng and eng->lang; queries are held-out units, candidates every unit."""
+    items = bitext_items(rows, embeddings, lang)
+    mean = lambda v: float(np.mean(v)) if len(v) else 0.0  # noqa: E731
     return {
-        "to_eng": retrieval_accuracy(emb(lang, held), held, emb(PIVOT, eng_all), eng_all),
-        "from_eng": retrieval_accuracy(emb(PIVOT, held), held, emb(lang, src_all), src_all),
-        "queries": len(held),
-        "candidates_eng": len(eng_all),
-        "candidates_lang": len(src_all),
+        "to_eng": mean(items["hit1_to"]),
+        "from_eng": mean(items["hit1_from"]),
+        "mrr10_to_eng": mean(items["rr_to"]),
+        "mrr10_from_eng": mean(items["rr_from"]),
+        "queries": len(items["hit1_to"]),
+        "candidates_eng": items["candidates_eng"],
+        "candidates_lang": items["candidates_lang"],
     }
 
 
-def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig) -> dict:
+RETRIEVAL_METRICS = {"x->eng acc@1": "hit1_to", "eng->x acc@1": "hit1_from", "x->eng MRR@10": "rr_to", "eng->x MRR@10": "rr_from"}
+BLI_METRICS = {"P@1": "hit1", "P@5": "hit5"}
+CLASSIFICATION_METRICS = {"accuracy": "correct", "macro-F1": "=macro_f1"}
+TASK_DESCRIPTIONS = {
+    "retrieval": "Bitext retrieval on held-out UDHR paragraphs: a query paragraph retrieves its translation among every "
+                 "paragraph of the other language (cosine). `x->eng` retrieves the English translation of a "
+                 "target-language paragraph, `eng->x` the reverse; acc@1 = right one first, MRR@10 = mean reciprocal "
+                 "rank of the right one (0 beyond rank 10). n = queries.",
+    "bli": "Bilingual lexicon induction: each target-language word of a dictionary retrieves its nearest English word "
+           "(cosine of word embeddings) among every English word of that dictionary; P@k = a dictionary translation "
+           "is among the k nearest. n = query words; the source column names the dictionary.",
+    "classification": "Topic classification, zero-shot transfer: a logistic-regression probe on frozen embeddings is "
+                      "trained on English CLDR emoji short names labelled by emoji group (8 topics: smileys, people, "
+                      "animals & nature, food, travel & places, activities, objects, symbols) and tested on the "
+                      "target-language short names. n = test texts.",
+}
+TASK_TITLES = {"retrieval": "Bitext retrieval", "bli": "Bilingual lexicon induction", "classification": "Topic classification"}
+
+
+def prepare_tasks(cfg: RunConfig, langs: list[str]) -> tuple[dict, dict]:
+    """Model-independent task data: (task -> lang -> data, task -> lang -> skipped reason)."""
+    data: dict[str, dict] = {t: {} for t in cfg.evaluate.tasks}
+    skipped: dict[str, dict] = {t: {} for t in cfg.evaluate.tasks}
+    for lang in langs:
+        if "bli" in data:
+            try:
+                pairs, source = tasks.load_dictionary(lang, cfg.evaluate.dictionaries, cfg.evaluate.bli_cldr_fallback)
+                data["bli"][lang] = (*tasks.bli_items(pairs, cfg.evaluate.bli_max_words, cfg.seed), source)
+            except tasks.Skipped as e:
+                skipped["bli"][lang] = str(e)
+        if "classification" in data:
+            try:
+                items = tasks.classification_items(lang, cfg.evaluate.classification_source, cfg.evaluate.classification_max_test,
+                                                   cfg.seed)
+                if len(set(items[1])) < 2:
+                    raise tasks.Skipped(f"label set has one class ({items[1][0]}): nothing to classify")
+                data["classification"][lang] = items
+            except tasks.Skipped as e:
+                skipped["classification"][lang] = str(e)
+    return data, skipped
+
+
+def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig, task_data: dict | None = None) -> dict:
+    """Legacy retrieval scores {"per_language", "average"}, plus "_items": task -> lang -> per-item vectors."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(path, device="cpu")
+    cache: dict[str, np.ndarray] = {}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        todo = sorted({t for t in texts if t not in cache})
+        if todo:
+            vecs = model.encode(todo, prompt=cfg.train.prefix, batch_size=cfg.evaluate.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+            cache.update(zip(todo, vecs))
+        return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, 1))
+
     texts = [r["text"] for r in rows]
     emb = model.encode(texts, prompt=cfg.train.prefix, batch_size=cfg.evaluate.batch_size, normalize_embeddings=True,
                        convert_to_numpy=True, show_progress_bar=False)
+    items: dict[str, dict] = {"retrieval": {lang: bitext_items(rows, emb, lang) for lang in langs}}
     per_lang = {lang: bitext_scores(rows, emb, lang) for lang in langs}
-    return {"per_language": per_lang, "average": {k: float(np.mean([m[k] for m in per_lang.values()])) for k in ("to_eng", "from_eng")}}
+    keys = ("to_eng", "from_eng", "mrr10_to_eng", "mrr10_from_eng")
+    average = {k: float(np.mean([m[k] for m in per_lang.values()])) for k in keys}
+    average["queries"] = sum(m["queries"] for m in per_lang.values())
+    skipped: dict[str, dict] = {}
+    for task, fn in (("bli", lambda d: tasks.bli_scores(encode(d[0]), encode(d[1]), d[1], d[2])),
+                     ("classification", lambda d: tasks.probe_scores(encode(d[0]), d[1], encode(d[2]), d[3], cfg.seed))):
+        for lang, d in (task_data or {}).get(task, {}).items():
+            try:
+                items.setdefault(task, {})[lang] = fn(d)
+            except tasks.Skipped as e:
+                skipped.setdefault(task, {})[lang] = str(e)
+    return {"per_language": per_lang, "average": average, "_items": items, "_skipped": skipped}
+
+
+def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped: dict, skipped_langs: dict) -> dict:
+    """metrics["tasks"]: every task with per-language scores, averages and bootstrap intervals."""
+    models = list(results)
+    ev = cfg.evaluate
+    specs = {"retrieval": RETRIEVAL_METRICS, "bli": BLI_METRICS, "classification": CLASSIFICATION_METRICS}
+    primaries = {"retrieval": "x->eng acc@1", "bli": "P@1", "classification": "accuracy"}
+    out = {}
+    for task in ["retrieval", *ev.tasks]:
+        skipped = {**skipped_langs, **task_skipped.get(task, {})}
+        for m in models:
+            skipped.update(results[m]["_skipped"].get(task, {}))
+        langs = [lang for lang in cfg.languages if lang not in skipped
+                 and all(lang in results[m]["_items"].get(task, {}) for m in models)]
+        per_item = {lang: {m: results[m]["_items"][task][lang] for m in models} for lang in langs}
+        extra = {lang: {"source": d[3]} for lang, d in task_data.get("bli", {}).items()} if task == "bli" else None
+        out[task] = {"description": TASK_DESCRIPTIONS[task],
+                     **tasks.summarise(per_item, skipped, specs[task], primaries[task], models, ev.bootstrap_samples,
+                                       ev.confidence, cfg.seed, extra)}
+    return out
 
 
 # ---------------------------------------------------------------- report

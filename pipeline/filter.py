@@ -103,9 +103,33 @@ def filter_rows(rows: list[dict], cfg: RunConfig) -> tuple[list[dict], list[dict
     return kept, dropped
 
 
+def margins(rows: list[dict], encoder_path: str, prefix: str) -> list[float]:
+    """cos(anchor, positive) - cos(anchor, negative) per row, by the given (base) encoder."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(encoder_path, device="cpu")
+    emb = {col: model.encode([r[col] for r in rows], prompt=prefix, normalize_embeddings=True, convert_to_numpy=True)
+           for col in ("anchor", "positive", "negative")}
+    return ((emb["anchor"] * emb["positive"]).sum(1) - (emb["anchor"] * emb["negative"]).sum(1)).tolist()
+
+
+def apply_margin(kept: list[dict], cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+    """Drop triplets the base encoder does not rank positive-over-negative by at least filter.margin."""
+    from pipeline.models import resolve_model
+
+    if cfg.filter.margin is None or not kept:
+        return kept, []
+    scores = margins(kept, resolve_model(cfg.train.encoder, cfg.cache_dir), cfg.train.prefix)
+    passed = [r for r, m in zip(kept, scores) if m >= cfg.filter.margin]
+    failed = [{**r, "reason": "margin_below_threshold"} for r, m in zip(kept, scores) if m < cfg.filter.margin]
+    return passed, failed
+
+
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     rows = pads.dataset(inputs["generations"], format="parquet").to_table().to_pylist()
     kept, dropped = filter_rows(rows, cfg)
+    kept, below_margin = apply_margin(kept, cfg)
+    dropped += below_margin
     triplets_path, dropped_path = join(out_dir, "triplets.parquet"), join(out_dir, "dropped.parquet")
     pq.write_table(pa.Table.from_pylist(sorted(kept, key=lambda r: r["id"]), schema=TRIPLET_SCHEMA), triplets_path)
     pq.write_table(pa.Table.from_pylist(dropped, schema=DROPPED_SCHEMA), dropped_path)

@@ -27,7 +27,9 @@ class Stage:
 STAGES = [
     Stage("seeds", seeds.run, ("languages", "seeds", "seed")),
     Stage("synthesize", synthesize.run, ("generator", "synthesis"), {"train": ("seeds", "train")}, uses_ray=True),
-    Stage("filter", filter.run, ("filter", "synthesis"), {"generations": ("synthesize", "generations")}),
+    # The margin filter scores triplets with the base encoder, so the filter depends on which one it is.
+    Stage("filter", filter.run, ("filter", "synthesis", "train.encoder", "train.prefix"),
+          {"generations": ("synthesize", "generations")}),
     Stage("train", train.run, ("train", "seed", "languages"), {"triplets": ("filter", "triplets")}, uses_ray=True),
     Stage("evaluate", evaluate.run, ("evaluate", "train"),
           {"eval": ("seeds", "eval"), "model": ("train", "model"), "triplets": ("filter", "triplets")}),

@@ -41,3 +41,15 @@ def test_language_check_can_be_switched_off_and_skips_unknown_languages(make_con
     same = make_config(synthesis={"output_language": "same"})
     kept, _ = filter_rows([row(0, pos="Ri winaq ronojel kekʼiy pa ronojel uwach.", neg="Man jun winaq ta kekʼiy.", lang="quc")], same)
     assert len(kept) == 1
+
+
+def test_margin_filter_drops_triplets_the_base_encoder_ranks_the_wrong_way(make_config, minilm_path):
+    from pipeline.filter import apply_margin
+
+    cfg = make_config(train={"encoder": minilm_path, "prefix": ""}, filter={"margin": 0.0})
+    good = row(0, anchor="The cat sleeps on the warm sofa.", pos="A cat is sleeping on a couch.", neg="The stock market fell sharply today.")
+    bad = row(1, anchor="The cat sleeps on the warm sofa.", pos="The stock market fell sharply today.", neg="A cat is sleeping on a couch.")
+    kept, dropped = apply_margin([good, bad], cfg)
+    assert [r["id"] for r in kept] == ["0"]
+    assert [(r["id"], r["reason"]) for r in dropped] == [("1", "margin_below_threshold")]
+    assert apply_margin([good, bad], make_config()) == ([good, bad], [])  # off by default

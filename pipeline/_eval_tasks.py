@@ -1,0 +1,239 @@
+"""Evaluation tasks beside bitext retrieval: metrics (pure numpy / sklearn), data and summaries.
+
+- ranking: acc@1 and MRR@10 per query (`rank_scores`);
+- confidence: stratified bootstrap 95% intervals of a macro average over languages, and
+  paired intervals of a model's difference to the base (`bootstrap_mean_ci`, `bootstrap_delta_ci`);
+- bilingual lexicon induction (`bli_scores`): nearest English word of a target word among
+  every English word of the dictionary, P@1 / P@5;
+- topic classification (`probe_scores`): logistic-regression probe on frozen embeddings,
+  trained on English, tested on the target language, accuracy / macro-F1.
+
+A task result is `{"per_language": {lang: {model: scores} | {"skipped": reason}},
+"average": {model: scores}, ...}`; per-item score vectors are kept apart (never in JSON).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+from importlib import resources
+
+from pipeline._dictd import DictionaryError, read_dictd, read_dictionary, single_word
+
+BUNDLED_DICTIONARIES = {"kha": "kha-eng", "swh": "swh-eng"}  # pipeline/corpus/freedict/<pair>.index/.dict.dz
+
+
+class Skipped(Exception):
+    """A task cannot run for one language; the message is the reason shown in the report."""
+
+
+# ---------------------------------------------------------------- ranking and intervals
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def rank_scores(queries: np.ndarray, query_ids: list, candidates: np.ndarray, candidate_ids: list, k: int = 10) -> dict:
+    """Per query: hit@1 and reciprocal rank of the first candidate with the query's id (0 beyond rank k)."""
+    sims = _normalise(queries) @ _normalise(candidates).T  # [nq, nc]
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    cand = np.asarray(candidate_ids, dtype=object)
+    match = cand[order] == np.asarray(query_ids, dtype=object)[:, None]  # [nq, k]
+    first = np.where(match.any(axis=1), match.argmax(axis=1), -1)
+    rr = np.where(first >= 0, 1.0 / (first + 1), 0.0)
+    return {"hit1": (first == 0).astype(float), "rr": rr}
+
+
+def _resample(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, n, size=(samples, n))
+
+
+def bootstrap_mean_ci(per_lang: list[np.ndarray], samples: int = 1000, level: float = 0.95, seed: int = 0) -> list[float] | None:
+    """Interval of the mean over languages of per-language means, items resampled within each language."""
+    per_lang = [np.asarray(v, dtype=float) for v in per_lang if len(v)]
+    if not per_lang or samples <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.mean([v[_resample(len(v), samples, rng)].mean(axis=1) for v in per_lang], axis=0)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_delta_ci(model: list[np.ndarray], base: list[np.ndarray], samples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> list[float] | None:
+    """Paired interval of (model - base) on the same resampled items (the items are the same queries)."""
+    pairs = [(np.asarray(a, float), np.asarray(b, float)) for a, b in zip(model, base) if len(a)]
+    if not pairs or samples <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = []
+    for a, b in pairs:
+        idx = _resample(len(a), samples, rng)
+        stats.append(a[idx].mean(axis=1) - b[idx].mean(axis=1))
+    lo, hi = np.quantile(np.mean(stats, axis=0), [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+# ---------------------------------------------------------------- bilingual lexicon induction
+
+def bundled_dictionary_path(lang: str) -> str | None:
+    pair = BUNDLED_DICTIONARIES.get(lang)
+    return str(resources.files("pipeline.corpus").joinpath("freedict", pair)) if pair else None
+
+
+def cldr_word_pairs(lang: str) -> dict[str, set[str]]:
+    """One-word CLDR short names of the same emoji in `lang` and English (`sw` 'simba' -> 'lion')."""
+    table = emoji_topics()
+    by_emoji: dict[str, dict[str, str]] = {}
+    for r in table:
+        if r["lang"] in (lang, "eng"):
+            by_emoji.setdefault(r["emoji"], {})[r["lang"]] = r["text"]
+    pairs: dict[str, set[str]] = {}
+    for names in by_emoji.values():
+        src, eng = single_word(names.get(lang, "")), single_word(names.get("eng", ""))
+        if src and eng and not (lang != "eng" and src == eng):  # an untranslated English name is no evidence
+            pairs.setdefault(src, set()).add(eng)
+    return pairs
+
+
+def load_dictionary(lang: str, user_paths: dict[str, str], cldr_fallback: bool) -> tuple[dict[str, set[str]], str]:
+    """(pairs, source name); raises Skipped with the reason when there is none."""
+    if lang in user_paths:
+        try:
+            return read_dictionary(user_paths[lang]), user_paths[lang]
+        except DictionaryError as e:
+            raise Skipped(str(e)) from e
+    if (path := bundled_dictionary_path(lang)) is not None:
+        return read_dictd(path), f"FreeDict {BUNDLED_DICTIONARIES[lang]} (subset)"
+    if cldr_fallback:
+        pairs = cldr_word_pairs(lang)
+        if pairs:
+            return pairs, "CLDR emoji short names"
+    raise Skipped(f"no dictionary for {lang}")
+
+
+def bli_items(pairs: dict[str, set[str]], max_words: int, seed: int = 0) -> tuple[list[str], list[str], list[set[str]]]:
+    """(query words, English vocabulary = every English word of the dictionary, gold sets per query)."""
+    pairs = {s: t for s, t in pairs.items() if t}
+    if not pairs:
+        raise Skipped("dictionary has no single-word pairs")
+    eng = sorted({w for ts in pairs.values() for w in ts})
+    if len(eng) < 2:
+        raise Skipped("dictionary has fewer than 2 English words")
+    src = sorted(pairs)
+    if max_words and len(src) > max_words:
+        src = sorted(np.random.default_rng(seed).choice(src, size=max_words, replace=False).tolist())
+    return src, eng, [pairs[s] for s in src]
+
+
+def bli_scores(src_vecs: np.ndarray, eng_vecs: np.ndarray, eng_words: list[str], gold: list[set[str]]) -> dict:
+    """Per query word: is a gold English word the nearest (P@1) / among the 5 nearest (P@5)?"""
+    eng_index = {w: i for i, w in enumerate(eng_words)}
+    if not any(w in eng_index for g in gold for w in g):
+        raise Skipped("no overlap between the dictionary's English words and the vocabulary")
+    sims = _normalise(src_vecs) @ _normalise(eng_vecs).T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    words = np.asarray(eng_words, dtype=object)[top]
+    hit1 = np.array([w[0] in g for w, g in zip(words, gold)], dtype=float)
+    hit5 = np.array([any(x in g for x in w) for w, g in zip(words, gold)], dtype=float)
+    return {"hit1": hit1, "hit5": hit5}
+
+
+# ---------------------------------------------------------------- topic classification
+
+_EMOJI: list[dict] | None = None
+
+
+def emoji_topics() -> list[dict]:
+    """Rows {lang, emoji, text, label} of pipeline/corpus/emoji_topics.parquet (CLDR short names by emoji group)."""
+    global _EMOJI
+    if _EMOJI is None:
+        with resources.files("pipeline.corpus").joinpath("emoji_topics.parquet").open("rb") as f:
+            _EMOJI = pq.read_table(f).to_pylist()
+    return _EMOJI
+
+
+def classification_items(lang: str, source: str, max_test: int, seed: int = 0) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(train texts, train labels, test texts, test labels): source-language rows train, `lang` rows test."""
+    rows = emoji_topics()
+    train = [r for r in rows if r["lang"] == source]
+    test = [r for r in rows if r["lang"] == lang]
+    if not test:
+        raise Skipped(f"no labelled texts for {lang}")
+    if not train:
+        raise Skipped(f"no labelled texts for the source language {source}")
+    if max_test and len(test) > max_test:
+        keep = np.random.default_rng(seed).choice(len(test), size=max_test, replace=False)
+        test = [test[i] for i in sorted(keep)]
+    return [r["text"] for r in train], [r["label"] for r in train], [r["text"] for r in test], [r["label"] for r in test]
+
+
+def macro_f1(y_true: list, y_pred: list) -> float:
+    """Unweighted mean of per-class F1 over the classes present in y_true or y_pred."""
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    scores = []
+    for c in sorted(set(y_true.tolist()) | set(y_pred.tolist()), key=str):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp, fn = np.sum((y_pred == c) & (y_true != c)), np.sum((y_pred != c) & (y_true == c))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def probe_scores(x_train: np.ndarray, y_train: list, x_test: np.ndarray, y_test: list, seed: int = 0) -> dict:
+    """Logistic-regression probe on frozen (L2-normalised) embeddings; accuracy and macro-F1 on the test set."""
+    from sklearn.linear_model import LogisticRegression
+
+    classes = sorted(set(y_train))
+    if len(classes) < 2:
+        raise Skipped(f"label set has one class ({classes[0] if classes else 'none'}): nothing to classify")
+    unseen = set(y_test) - set(classes)
+    if unseen:
+        raise Skipped(f"test labels missing from training: {sorted(unseen)}")
+    clf = LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
+    clf.fit(_normalise(x_train), list(y_train))
+    pred = clf.predict(_normalise(x_test)).tolist()
+    correct = np.array([p == t for p, t in zip(pred, y_test)], dtype=float)
+    return {"correct": correct, "macro_f1": macro_f1(list(y_test), pred)}
+
+
+# ---------------------------------------------------------------- summaries
+
+def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], metrics: dict[str, str], primary: str,
+              models: list[str], samples: int, level: float = 0.95, seed: int = 0, extra: dict | None = None) -> dict:
+    """Task result from per-item vectors.
+
+    per_item: lang -> model -> {metric: per-item array (a mean metric) or float (a corpus metric)}.
+    metrics: metric -> vector key in per_item (a mean over items) or `=key` (a float, e.g. macro-F1).
+    Every mean metric gets bootstrap intervals per language and on the average (the mean of the
+    per-language means, items resampled within each language), and a paired interval of each
+    model's difference to the first model. `primary` names the metric plots and "n" follow.
+    """
+    langs = list(per_item)
+    vectors = {name: key for name, key in metrics.items() if not key.startswith("=")}
+    out: dict = {"metrics": list(metrics), "primary": primary, "per_language": {}, "average": {}, "delta_ci": {},
+                 "confidence": level, "bootstrap_samples": samples}
+    for lang in langs:
+        out["per_language"][lang] = {}
+        for m in models:
+            item = per_item[lang][m]
+            scores = {name: float(item[key[1:]]) if key.startswith("=") else float(np.mean(item[key]))
+                      for name, key in metrics.items()}
+            scores["n"] = int(len(item[metrics[primary]]))
+            scores["ci"] = {name: bootstrap_mean_ci([item[key]], samples, level, seed) for name, key in vectors.items()}
+            out["per_language"][lang][m] = scores | (extra or {}).get(lang, {})
+    for lang, reason in skipped.items():
+        out["per_language"][lang] = {"skipped": reason}
+    if langs:
+        for m in models:
+            avg = {name: float(np.mean([out["per_language"][l][m][name] for l in langs])) for name in metrics}
+            avg["n"] = int(sum(out["per_language"][l][m]["n"] for l in langs))
+            avg["languages"] = len(langs)
+            avg["ci"] = {name: bootstrap_mean_ci([per_item[l][m][key] for l in langs], samples, level, seed)
+                         for name, key in vectors.items()}
+            out["average"][m] = avg
+        for m in models[1:]:
+            out["delta_ci"][m] = {name: bootstrap_delta_ci([per_item[l][m][key] for l in langs],
+                                                           [per_item[l][models[0]][key] for l in langs], samples, level, seed)
+                                  for name, key in vectors.items()}
+    return out
