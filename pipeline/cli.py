@@ -136,6 +136,69 @@ def serve(
     ray.shutdown()
 
 
+AddressOpt = Annotated[str, typer.Option("--address", help="The cluster's job server (dashboard) address.")]
+jobs_app = typer.Typer(help="Follow jobs submitted with `bootembed submit` (Ray Jobs API).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+def job_call(fn, *args):
+    from pipeline.jobs import JobError
+
+    try:
+        return fn(*args)
+    except JobError as err:
+        fail(str(err))
+
+
+@app.command()
+def submit(
+    config: ConfigArg,
+    set: SetOpt = None,
+    address: AddressOpt = "http://127.0.0.1:8265",
+    stage: Annotated[str | None, typer.Option(help=f"Run only this stage ({', '.join(STAGE_NAMES)}).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to end and print its logs.")] = False,
+) -> None:
+    """Submit the run to a Ray cluster through the Ray Jobs API; prints the job id."""
+    from pipeline import jobs
+
+    if stage is not None and stage not in STAGE_NAMES:
+        fail(f"--stage {stage!r} is not a stage; one of {STAGE_NAMES}")
+    cfg = load(config, set)
+    job_id = job_call(jobs.submit, cfg, address, stage)
+    typer.echo(f"Submitted {job_id} to {address}\n  bootembed jobs status {job_id} --address {address}\n"
+               f"  bootembed jobs logs {job_id} --address {address}")
+    if wait:
+        state = job_call(jobs.wait, address, job_id, 24 * 3600)
+        typer.echo(job_call(jobs.logs, address, job_id))
+        typer.echo(f"{job_id}: {state}")
+        if state != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+@jobs_app.command("status")
+def job_status(job_id: str, address: AddressOpt = "http://127.0.0.1:8265") -> None:
+    """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from pipeline import jobs
+
+    typer.echo(job_call(jobs.status, address, job_id))
+
+
+@jobs_app.command("logs")
+def job_logs(job_id: str, address: AddressOpt = "http://127.0.0.1:8265") -> None:
+    """Print a job's logs so far."""
+    from pipeline import jobs
+
+    typer.echo(job_call(jobs.logs, address, job_id))
+
+
+@jobs_app.command("stop")
+def job_stop(job_id: str, address: AddressOpt = "http://127.0.0.1:8265") -> None:
+    """Ask the cluster to stop a job."""
+    from pipeline import jobs
+
+    typer.echo("stop requested" if job_call(jobs.stop, address, job_id) else "the job had already ended")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

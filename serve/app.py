@@ -150,8 +150,9 @@ class Encoder:
         return int(self.model.get_sentence_embedding_dimension())
 
     def stats(self) -> dict:
-        """How @serve.batch grouped the requests so far (largest_batch counts requests, not texts)."""
-        return {"batches": self.batches, "largest_batch": self.largest_batch}
+        """How @serve.batch grouped the requests so far in this replica (largest_batch counts requests, not texts)."""
+        replica = serve.get_replica_context().replica_id.unique_id
+        return {"replica": replica, "batches": self.batches, "largest_batch": self.largest_batch}
 
 
 # The ingress only parses JSON and waits on the encoders: it reserves no CPU, so it is never left

@@ -48,12 +48,17 @@ def server(ray_local, tiny_encoder, minilm_path):
 
 
 @pytest.fixture(scope="module")
-def reference(server):
-    """reference(model, texts) -> the normalised vectors sentence-transformers gives in this process."""
+def st_models(server):
+    """{name: SentenceTransformer} of the served models, loaded in this process."""
     from sentence_transformers import SentenceTransformer
 
-    encoders = {name: SentenceTransformer(path, device="cpu") for name, path in server["models"].items()}
-    return lambda model, texts: encoders[model].encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    return {name: SentenceTransformer(path, device="cpu") for name, path in server["models"].items()}
+
+
+@pytest.fixture(scope="module")
+def reference(st_models):
+    """reference(model, texts) -> the normalised vectors sentence-transformers gives in this process."""
+    return lambda model, texts: st_models[model].encode(texts, normalize_embeddings=True, convert_to_numpy=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +68,15 @@ def client(server):
     return OpenAI(base_url=f"{server['url']}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def http(server, method: str, path: str, body: object = None, raw: bytes | None = None) -> tuple[int, dict]:
-    """(status, JSON body) of one plain-HTTP request; 4xx/5xx answers are returned, not raised."""
+def http(server, method: str, path: str, body: object = None, raw: bytes | None = None,
+         auth: str | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of one plain-HTTP request; 4xx/5xx answers are returned, not raised.
+
+    `auth` is the Authorization header's value, if any.
+    """
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(server["url"] + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth is not None else {})}
+    request = urllib.request.Request(server["url"] + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -169,6 +178,15 @@ ERRORS = {
                        [str(MAX_INPUTS + 1), f"at most {MAX_INPUTS}"]),
     "unsupported encoding_format": ({"model": "tiny", "input": ["hi"], "encoding_format": "int8"}, 400,
                                     "encoding_format", ["'int8'"]),
+    "dimensions zero": ({"model": "tiny", "input": ["hi"], "dimensions": 0}, 400, "dimensions", ["positive integer", "0"]),
+    "dimensions negative": ({"model": "tiny", "input": ["hi"], "dimensions": -4}, 400, "dimensions", ["positive", "-4"]),
+    "dimensions a float": ({"model": "tiny", "input": ["hi"], "dimensions": 8.0}, 400, "dimensions", ["integer", "8.0"]),
+    "dimensions a string": ({"model": "tiny", "input": ["hi"], "dimensions": "8"}, 400, "dimensions", ["integer", "'8'"]),
+    "dimensions a bool": ({"model": "tiny", "input": ["hi"], "dimensions": True}, 400, "dimensions", ["integer", "True"]),
+    "dimensions above the model's": ({"model": "tiny", "input": ["hi"], "dimensions": 33}, 400, "dimensions",
+                                     ["33", "'tiny' has 32", "1 to 32"]),
+    "dimensions above minilm's": ({"model": "minilm", "input": ["hi"], "dimensions": 385}, 400, "dimensions",
+                                  ["385", "'minilm' has 384"]),
 }
 
 
@@ -232,6 +250,185 @@ def test_concurrent_requests_get_their_own_vectors(server, reference):
     stats = {m: serve.get_deployment_handle(f"Encoder-{m}", app_name=APP).stats.remote().result(timeout_s=30)
              for m in ("tiny", "minilm")}
     assert max(s["largest_batch"] for s in stats.values()) > 1, stats
+
+
+# --- dimensions: truncated and renormalised --------------------------------------------------------
+
+
+def truncated(vectors: np.ndarray, n: int) -> np.ndarray:
+    cut = vectors[:, :n]
+    return cut / np.linalg.norm(cut, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("model,n", [("tiny", 8), ("minilm", 64), ("minilm", 1), ("minilm", 384)])
+def test_dimensions_truncates_and_renormalises(server, reference, model, n):
+    status, answer = http(server, "POST", "/v1/embeddings", {"model": model, "input": TEXTS, "dimensions": n})
+    assert status == 200, answer
+    got = np.array([d["embedding"] for d in answer["data"]], dtype=np.float32)
+    assert got.shape == (len(TEXTS), n)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(got, truncated(reference(model, TEXTS), n), atol=1e-5, rtol=0)
+    full = http(server, "POST", "/v1/embeddings", {"model": model, "input": TEXTS})[1]
+    assert answer["usage"] == full["usage"]  # the same tokens were read, however many dimensions come back
+
+
+def test_openai_client_dimensions_base64(client, reference):
+    # The client's default encoding (base64) must carry the truncated vectors too.
+    response = client.embeddings.create(model="minilm", input=TEXTS[:3], dimensions=16)
+    got = np.array([d.embedding for d in response.data], dtype=np.float32)
+    np.testing.assert_allclose(got, truncated(reference("minilm", TEXTS[:3]), 16), atol=1e-5, rtol=0)
+
+
+def test_truncate_keeps_an_all_zero_prefix_finite():
+    from serve.app import truncate
+
+    vectors = np.array([[0.0, 0.0, 1.0], [3.0, 4.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(truncate(vectors, 2), [[0.0, 0.0], [0.6, 0.8]], atol=1e-7)
+    assert truncate(vectors, None) is vectors and truncate(vectors, 3) is vectors
+
+
+# --- inputs longer than the model reads: truncated, and usage counts what was read ------------------
+
+
+@pytest.mark.parametrize("model", ["tiny", "minilm"])
+def test_long_input_is_truncated_and_usage_counts_read_tokens(server, st_models, reference, model):
+    long_text = " ".join(["The harvest festival in the village lasted for many days and nights."] * 60)
+    limit = st_models[model].max_seq_length  # 64 for tiny, 256 for MiniLM
+    assert len(st_models[model].tokenizer(long_text)["input_ids"]) > 2 * limit
+    short = TEXTS[2]
+    short_tokens = len(st_models[model].tokenizer(short)["input_ids"])  # with [CLS] and [SEP]
+
+    status, answer = http(server, "POST", "/v1/embeddings", {"model": model, "input": [long_text, short]})
+    assert status == 200, answer
+    check_embeddings(answer, model, [long_text, short], reference)  # the reference truncates the same way
+    assert answer["usage"]["prompt_tokens"] == answer["usage"]["total_tokens"] == limit + short_tokens
+
+
+# --- API key and serve options: a second application on the same Serve instance --------------------
+
+KEY = "sk-test-0123456789"
+KEYED_APP, KEYED_PREFIX = "bootembed-keyed", "/keyed"
+
+
+@pytest.fixture(scope="module")
+def keyed(server):
+    """The tiny model behind an API key, with 2 encoder replicas batching at most 2 requests each."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run(build_app({"tiny": server["models"]["tiny"]}, max_batch_size=2, batch_wait_timeout_s=0.05,
+                        num_replicas=2, api_key=KEY), name=KEYED_APP, route_prefix=KEYED_PREFIX)
+    yield {"url": server["url"] + KEYED_PREFIX, "models": server["models"]}
+    serve.delete(KEYED_APP)
+
+
+def keyed_embed_ok(keyed, reference) -> None:
+    status, answer = http(keyed, "POST", "/v1/embeddings", {"model": "tiny", "input": TEXTS[:2]},
+                                auth=f"Bearer {KEY}")
+    assert status == 200, answer
+    check_embeddings(answer, "tiny", TEXTS[:2], reference)
+
+
+AUTH_FAILURES = {
+    # id: (Authorization header or None, words the message must contain)
+    "no header": (None, ["missing API key", "Bearer"]),
+    "empty bearer": ("Bearer ", ["missing API key"]),
+    "wrong key": ("Bearer sk-wrong", ["incorrect API key"]),
+    "key as basic auth": (f"Basic {KEY}", ["missing API key"]),
+    "key with a suffix": (f"Bearer {KEY}x", ["incorrect API key"]),
+}
+
+
+@pytest.mark.parametrize("path,body", [("/v1/embeddings", {"model": "tiny", "input": ["hi"]}), ("/v1/models", None)],
+                         ids=["embeddings", "models"])
+@pytest.mark.parametrize("case", list(AUTH_FAILURES), ids=list(AUTH_FAILURES))
+def test_api_key_required_then_server_keeps_serving(keyed, reference, case, path, body):
+    auth, words = AUTH_FAILURES[case]
+    status, answer = http(keyed, "POST" if body else "GET", path, body, auth=auth)
+    assert status == 401, answer
+    assert set(answer) == {"error"} and set(answer["error"]) == {"message", "type", "param", "code"}
+    assert answer["error"]["code"] == "invalid_api_key"
+    assert answer["error"]["type"] == "invalid_request_error"
+    for word in words:
+        assert word in answer["error"]["message"], (word, answer["error"]["message"])
+    keyed_embed_ok(keyed, reference)
+
+
+def test_api_key_accepted_and_healthz_open(keyed, server, reference):
+    assert http(keyed, "GET", "/healthz") == (200, {"status": "ok", "models": ["tiny"]})
+    status, answer = http(keyed, "GET", "/v1/models", auth=f"bearer {KEY}")  # the scheme is case-insensitive
+    assert status == 200 and [m["id"] for m in answer["data"]] == ["tiny"]
+    keyed_embed_ok(keyed, reference)
+    embed_ok(server, reference)  # the application without a key beside it still needs none
+
+
+def test_openai_client_with_and_without_the_key(keyed, reference):
+    import openai
+    from openai import OpenAI
+
+    wrong = OpenAI(base_url=f"{keyed['url']}/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.embeddings.create(model="tiny", input=TEXTS[:2])
+    assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
+
+    right = OpenAI(base_url=f"{keyed['url']}/v1", api_key=KEY, max_retries=0, timeout=60)
+    response = right.embeddings.create(model="tiny", input=TEXTS[:2], dimensions=4)
+    got = np.array([d.embedding for d in response.data], dtype=np.float32)
+    np.testing.assert_allclose(got, truncated(reference("tiny", TEXTS[:2]), 4), atol=1e-5, rtol=0)
+
+
+def test_num_replicas_and_max_batch_size_take_effect(keyed, reference):
+    from ray import serve
+
+    deployment = serve.status().applications[KEYED_APP].deployments["Encoder-tiny"]
+    assert deployment.replica_states.get("RUNNING") == 2, deployment
+
+    def one(i: int) -> None:
+        texts = [f"request {i}: {TEXTS[i % 5]}"]
+        status, answer = http(keyed, "POST", "/v1/embeddings", {"model": "tiny", "input": texts},
+                                    auth=f"Bearer {KEY}")
+        assert status == 200, answer
+        check_embeddings(answer, "tiny", texts, reference)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(64)))
+
+    # Ask the replicas (routed at random) until both answered: each batched, never beyond max_batch_size=2.
+    handle = serve.get_deployment_handle("Encoder-tiny", app_name=KEYED_APP)
+    stats = {}
+    for _ in range(40):
+        s = handle.stats.remote().result(timeout_s=30)
+        stats[s["replica"]] = s
+        if len(stats) == 2:
+            break
+    assert len(stats) == 2, stats
+    assert all(s["batches"] > 0 and s["largest_batch"] <= 2 for s in stats.values()), stats
+    assert max(s["largest_batch"] for s in stats.values()) == 2, stats
+
+
+# --- helpers of `bootembed serve` --------------------------------------------------------------------
+
+
+def test_is_loopback():
+    from serve.app import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.org"))
+
+
+def test_api_key_from_env(monkeypatch):
+    from serve.app import API_KEY_ENV, api_key_from_env
+
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert api_key_from_env(None) is None  # no key by default
+    monkeypatch.setenv(API_KEY_ENV, " k1 ")
+    assert api_key_from_env(None) == "k1"
+    monkeypatch.setenv("MY_KEY", "k2")
+    assert api_key_from_env("MY_KEY") == "k2"
+    monkeypatch.setenv("MY_EMPTY_KEY", "")
+    with pytest.raises(ValueError, match="MY_EMPTY_KEY is not set or empty"):
+        api_key_from_env("MY_EMPTY_KEY")  # asked for a key: never silently serve without one
 
 
 # --- models_of_run ---------------------------------------------------------------------------------

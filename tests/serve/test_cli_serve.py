@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -31,24 +32,87 @@ def wait_until_healthy(url: str, proc: subprocess.Popen, seconds: float) -> dict
     raise AssertionError("bootembed serve did not become healthy in time")
 
 
-def test_serve_command_answers_then_stops_cleanly_on_ctrl_c(tiny_encoder):
+def post(url: str, body: dict, key: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(f"{url}/v1/embeddings", data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c(tiny_encoder):
     from sentence_transformers import SentenceTransformer
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", tiny_encoder, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    key = "sk-cli-test"
+    command = [sys.executable, "-m", "pipeline.cli", "serve", tiny_encoder, "--port", str(port),
+               "--api-key-env", "BOOTEMBED_TEST_KEY", "--num-replicas", "2", "--max-batch-size", "4",
+               "--batch-wait-timeout-s", "0.02"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOOTEMBED_TEST_KEY": key}
+    env.pop("BOOTEMBED_API_KEY", None)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         name = os.path.basename(tiny_encoder)
-        assert wait_until_healthy(url, proc, 150) == {"status": "ok", "models": [name]}
-        body = json.dumps({"model": name, "input": ["Ẹ kú àárọ̀", "Good morning"]}).encode()
-        request = urllib.request.Request(f"{url}/v1/embeddings", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as r:
-            vectors = np.array([d["embedding"] for d in json.load(r)["data"]])
-        expected = SentenceTransformer(tiny_encoder, device="cpu").encode(["Ẹ kú àárọ̀", "Good morning"], normalize_embeddings=True)
+        assert wait_until_healthy(url, proc, 150) == {"status": "ok", "models": [name]}  # open without the key
+        texts = ["Ẹ kú àárọ̀", "Good morning"]
+        status, answer = post(url, {"model": name, "input": texts})
+        assert status == 401 and answer["error"]["code"] == "invalid_api_key", answer
+        status, answer = post(url, {"model": name, "input": texts}, key="sk-wrong")
+        assert status == 401 and answer["error"]["code"] == "invalid_api_key", answer
+        status, answer = post(url, {"model": name, "input": texts}, key=key)
+        assert status == 200, answer
+        vectors = np.array([d["embedding"] for d in answer["data"]])
+        expected = SentenceTransformer(tiny_encoder, device="cpu").encode(texts, normalize_embeddings=True)
         assert np.allclose(vectors, expected, atol=1e-5)
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "Serving" in output and "stopping" in output
+    assert "2 replica(s) per model, max batch 4, batch wait 0.02s, API key required (from $BOOTEMBED_TEST_KEY)" in output
+    assert key not in output  # the key itself is never printed
+
+
+def cli(monkeypatch, args: list[str], env: dict[str, str]):
+    """Run `bootembed serve ...` in-process up to the point where it would start Ray (nothing binds)."""
+    import ray
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    def no_ray(*_, **__):
+        raise RuntimeError("ray.init reached")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.delenv("BOOTEMBED_API_KEY", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return CliRunner().invoke(app, ["serve", *args])
+
+
+def test_serve_warns_on_non_loopback_host_without_key(monkeypatch, tiny_encoder):
+    result = cli(monkeypatch, [tiny_encoder, "--host", "0.0.0.0"], {})
+    assert "ray.init reached" in str(result.exception)
+    assert "warning: binding 0.0.0.0 without an API key" in result.output
+
+    for args, env in (([tiny_encoder, "--host", "0.0.0.0"], {"BOOTEMBED_API_KEY": "k"}),  # a key: no warning
+                      ([tiny_encoder, "--host", "127.0.0.1"], {})):  # loopback: no key needed
+        result = cli(monkeypatch, args, env)
+        assert "ray.init reached" in str(result.exception)
+        assert "warning" not in result.output
+
+
+def test_serve_refuses_a_named_but_unset_key_variable(monkeypatch, tiny_encoder):
+    result = cli(monkeypatch, [tiny_encoder, "--api-key-env", "BOOTEMBED_NO_SUCH_KEY"], {})
+    assert result.exit_code == 2
+    assert "BOOTEMBED_NO_SUCH_KEY is not set or empty" in result.output
+
+
+@pytest.mark.parametrize("option,value", [("--num-replicas", "0"), ("--max-batch-size", "0"),
+                                          ("--batch-wait-timeout-s", "-1")])
+def test_serve_rejects_bad_options(monkeypatch, tiny_encoder, option, value):
+    result = cli(monkeypatch, [tiny_encoder, option, value], {})
+    assert result.exit_code == 2 and option in result.output
