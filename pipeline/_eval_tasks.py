@@ -41,7 +41,7 @@ def rank_scores(queries: np.ndarray, query_ids: list, candidates: np.ndarray, ca
     cand = np.asarray(candidate_ids, dtype=object)
     match = cand[order] == np.asarray(query_ids, dtype=object)[:, None]  # [nq, k]
     first = np.where(match.any(axis=1), match.argmax(axis=1), -1)
-    rr = np.where(first >= 0, 1.0 / (first + 1), 0.0)
+    rr = np.where(first >= 0, 1.0 / np.maximum(first + 1, 1), 0.0)
     return {"hit1": (first == 0).astype(float), "rr": rr}
 
 
@@ -154,7 +154,15 @@ def emoji_topics() -> list[dict]:
     return _EMOJI
 
 
-def classification_items(lang: str, source: str, max_test: int, seed: int = 0) -> tuple[list[str], list[str], list[str], list[str]]:
+def _sample(rows: list, most: int, seed: int) -> list:
+    if not most or len(rows) <= most:
+        return rows
+    keep = np.random.default_rng(seed).choice(len(rows), size=most, replace=False)
+    return [rows[i] for i in sorted(keep)]
+
+
+def classification_items(lang: str, source: str, max_test: int, seed: int = 0,
+                         max_train: int = 0) -> tuple[list[str], list[str], list[str], list[str]]:
     """(train texts, train labels, test texts, test labels): source-language rows train, `lang` rows test."""
     rows = emoji_topics()
     train = [r for r in rows if r["lang"] == source]
@@ -163,9 +171,7 @@ def classification_items(lang: str, source: str, max_test: int, seed: int = 0) -
         raise Skipped(f"no labelled texts for {lang}")
     if not train:
         raise Skipped(f"no labelled texts for the source language {source}")
-    if max_test and len(test) > max_test:
-        keep = np.random.default_rng(seed).choice(len(test), size=max_test, replace=False)
-        test = [test[i] for i in sorted(keep)]
+    train, test = _sample(train, max_train, seed), _sample(test, max_test, seed)
     return [r["text"] for r in train], [r["label"] for r in train], [r["text"] for r in test], [r["label"] for r in test]
 
 
@@ -180,18 +186,22 @@ def macro_f1(y_true: list, y_pred: list) -> float:
     return float(np.mean(scores))
 
 
-def probe_scores(x_train: np.ndarray, y_train: list, x_test: np.ndarray, y_test: list, seed: int = 0) -> dict:
-    """Logistic-regression probe on frozen (L2-normalised) embeddings; accuracy and macro-F1 on the test set."""
+def fit_probe(x_train: np.ndarray, y_train: list, seed: int = 0):
+    """Multinomial logistic regression on L2-normalised frozen embeddings (raises Skipped for < 2 classes)."""
     from sklearn.linear_model import LogisticRegression
 
     classes = sorted(set(y_train))
     if len(classes) < 2:
         raise Skipped(f"label set has one class ({classes[0] if classes else 'none'}): nothing to classify")
-    unseen = set(y_test) - set(classes)
+    return LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(_normalise(x_train), list(y_train))
+
+
+def probe_scores(x_train: np.ndarray | None, y_train: list, x_test: np.ndarray, y_test: list, seed: int = 0, clf=None) -> dict:
+    """Accuracy (per item) and macro-F1 of a probe on the test set; `clf` reuses a probe fitted on the same training set."""
+    clf = clf if clf is not None else fit_probe(x_train, y_train, seed)
+    unseen = set(y_test) - set(clf.classes_)
     if unseen:
         raise Skipped(f"test labels missing from training: {sorted(unseen)}")
-    clf = LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
-    clf.fit(_normalise(x_train), list(y_train))
     pred = clf.predict(_normalise(x_test)).tolist()
     correct = np.array([p == t for p, t in zip(pred, y_test)], dtype=float)
     return {"correct": correct, "macro_f1": macro_f1(list(y_test), pred)}
@@ -221,6 +231,9 @@ def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], met
                       for name, key in metrics.items()}
             scores["n"] = int(len(item[metrics[primary]]))
             scores["ci"] = {name: bootstrap_mean_ci([item[key]], samples, level, seed) for name, key in vectors.items()}
+            if m != models[0]:
+                scores["delta_ci"] = {name: bootstrap_delta_ci([item[key]], [per_item[lang][models[0]][key]], samples, level, seed)
+                                      for name, key in vectors.items()}
             out["per_language"][lang][m] = scores | (extra or {}).get(lang, {})
     for lang, reason in skipped.items():
         out["per_language"][lang] = {"skipped": reason}

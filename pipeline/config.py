@@ -128,9 +128,10 @@ class EvaluateConfig(_Section):
                     "or a two-column TSV (source word TAB English word); overrides the bundled ones (kha, swh).")
     bli_cldr_fallback: bool = Field(
         True, description="For languages without a dictionary, use one-word CLDR emoji short names aligned with English.")
-    bli_max_words: int = Field(1000, ge=0, description="Most query words per language for BLI (sampled; 0 = all).")
+    bli_max_words: int = Field(500, ge=0, description="Most query words per language for BLI (sampled; 0 = all).")
     classification_source: str = Field("eng", description="Language the topic probe is trained on (zero-shot transfer to each target).")
-    classification_max_test: int = Field(1000, ge=0, description="Most test texts per language for topic classification (sampled; 0 = all).")
+    classification_max_train: int = Field(0, ge=0, description="Most training texts of the source language for the topic probe (sampled; 0 = all).")
+    classification_max_test: int = Field(500, ge=0, description="Most test texts per language for topic classification (sampled; 0 = all).")
 
 
 class ServeConfig(_Section):

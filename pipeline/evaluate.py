@@ -102,7 +102,7 @@ def prepare_tasks(cfg: RunConfig, langs: list[str]) -> tuple[dict, dict]:
         if "classification" in data:
             try:
                 items = tasks.classification_items(lang, cfg.evaluate.classification_source, cfg.evaluate.classification_max_test,
-                                                   cfg.seed)
+                                                   cfg.seed, cfg.evaluate.classification_max_train)
                 if len(set(items[1])) < 2:
                     raise tasks.Skipped(f"label set has one class ({items[1][0]}): nothing to classify")
                 data["classification"][lang] = items
@@ -135,8 +135,16 @@ def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig
     average = {k: float(np.mean([m[k] for m in per_lang.values()])) for k in keys}
     average["queries"] = sum(m["queries"] for m in per_lang.values())
     skipped: dict[str, dict] = {}
+    probes: dict[tuple, object] = {}  # one probe per training set (the same English texts for every language)
+
+    def classify(d: tuple) -> dict:
+        key = (tuple(d[0]), tuple(d[1]))
+        if key not in probes:
+            probes[key] = tasks.fit_probe(encode(d[0]), d[1], cfg.seed)
+        return tasks.probe_scores(None, d[1], encode(d[2]), d[3], clf=probes[key])
+
     for task, fn in (("bli", lambda d: tasks.bli_scores(encode(d[0]), encode(d[1]), d[1], d[2])),
-                     ("classification", lambda d: tasks.probe_scores(encode(d[0]), d[1], encode(d[2]), d[3], cfg.seed))):
+                     ("classification", classify)):
         for lang, d in (task_data or {}).get(task, {}).items():
             try:
                 items.setdefault(task, {})[lang] = fn(d)
@@ -153,9 +161,15 @@ def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped
     primaries = {"retrieval": "x->eng acc@1", "bli": "P@1", "classification": "accuracy"}
     out = {}
     for task in ["retrieval", *ev.tasks]:
-        skipped = {**skipped_langs, **task_skipped.get(task, {})}
+        skipped = {**(skipped_langs if task == "retrieval" else {}), **task_skipped.get(task, {})}
         for m in models:
             skipped.update(results[m]["_skipped"].get(task, {}))
+        primary_key = specs[task][primaries[task]]
+        for lang in cfg.languages:  # an empty item set would put NaN into the average
+            if lang not in skipped and any(len(results[m]["_items"].get(task, {}).get(lang, {}).get(primary_key, [1])) == 0
+                                           for m in models):
+                skipped[lang] = "no items to evaluate (no held-out unit aligned with English)" if task == "retrieval" \
+                    else "no items to evaluate"
         langs = [lang for lang in cfg.languages if lang not in skipped
                  and all(lang in results[m]["_items"].get(task, {}) for m in models)]
         per_item = {lang: {m: results[m]["_items"][task][lang] for m in models} for lang in langs}
@@ -168,9 +182,10 @@ def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped
 
 # ---------------------------------------------------------------- report
 
-def report_markdown(metrics: dict, summary: dict) -> str:
+def legacy_retrieval_tables(metrics: dict) -> list[str]:
+    """acc@1 tables from metrics["models"] (metrics.json written before the task suite)."""
     models = list(metrics["models"])
-    lines = ["# bootembed report", "", f"Languages: {', '.join(metrics['languages'])}. Config hash `{metrics['config_hash']}`.", ""]
+    lines: list[str] = []
     lines += ["## Bitext retrieval accuracy@1 (held-out UDHR paragraphs)", "",
               "Queries: held-out paragraphs; candidates: every paragraph of the other language. "
               "`x->eng` retrieves the English translation of a target-language paragraph, `eng->x` the reverse.", ""]
@@ -187,7 +202,70 @@ def report_markdown(metrics: dict, summary: dict) -> str:
                 else metrics["models"][models[0]]["per_language"][lang]["queries"]
             lines.append("| " + " | ".join([lang, *cells, *deltas, str(n)]) + " |")
         lines.append("")
-    lines += ["![retrieval](retrieval.png)", "", "## Data", ""]
+    return lines
+
+
+def _fmt_ci(ci: list[float] | None, signed: bool = False) -> str:
+    """` [lo, hi]`; for a difference (signed) a trailing `*` when the interval excludes 0."""
+    if not ci:
+        return ""
+    f = "{:+.2f}" if signed else "{:.2f}"
+    significant = signed and (ci[0] > 0 or ci[1] < 0)
+    return " [" + f.format(ci[0]) + ", " + f.format(ci[1]) + "]" + (" *" if significant else "")
+
+
+def task_tables(name: str, task: dict, models: list[str], languages: list[str]) -> list[str]:
+    """One table per metric: rows = languages + average, columns = models (best in bold), Δ vs the first model, n."""
+    level = int(round(100 * task.get("confidence", 0.95)))
+    lines = [f"## {TASK_TITLES.get(name, name)}", "", task.get("description", ""), ""]
+    if task.get("bootstrap_samples"):
+        lines += [f"Brackets: {level}% bootstrap interval ({task['bootstrap_samples']} resamples of the items; for Δ paired "
+                  "on the same items). A Δ whose interval contains 0 is not a measurable difference; `*` marks one that excludes 0. "
+                  "Bold = best value in the row, measurable or not.", ""]
+    per_lang = task["per_language"]
+    order = [lang for lang in languages if lang in per_lang] + [lang for lang in per_lang if lang not in languages]
+    has_source = any("source" in v.get(models[0], {}) for v in per_lang.values() if "skipped" not in v)
+    for metric in task["metrics"]:
+        head = ["language", *[f"{m} {metric}" for m in models], *[f"Δ {m}" for m in models[1:]], "n"] + (["source"] if has_source else [])
+        lines += [f"### {metric}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for lang in [*order, "average"]:
+            if lang == "average":
+                if not task["average"]:
+                    continue
+                cells_src, label = task["average"], f"average ({task['average'][models[0]]['languages']} languages)"
+            elif "skipped" in per_lang[lang]:
+                lines.append("| " + " | ".join([lang, f"skipped: {per_lang[lang]['skipped']}", *[""] * (len(head) - 2)]) + " |")
+                continue
+            else:
+                cells_src, label = per_lang[lang], lang
+            vals = [cells_src[m][metric] for m in models]
+            best = max(vals)
+            cells = [(f"**{v:.3f}**" if v == best and vals.count(best) == 1 else f"{v:.3f}") + _fmt_ci(cells_src[m]["ci"].get(metric))
+                     for m, v in zip(models, vals)]
+            delta_cis = task["delta_ci"] if lang == "average" else {m: cells_src[m].get("delta_ci", {}) for m in models[1:]}
+            deltas = [f"{v - vals[0]:+.3f}" + _fmt_ci(delta_cis.get(m, {}).get(metric), signed=True)
+                      for m, v in zip(models[1:], vals[1:])]
+            row = [label, *cells, *deltas, str(cells_src[models[0]]["n"])]
+            if has_source:
+                row.append(cells_src[models[0]].get("source", ""))
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
+
+
+def report_markdown(metrics: dict, summary: dict) -> str:
+    models = list(metrics["models"])
+    lines = ["# bootembed report", "", f"Languages: {', '.join(metrics['languages'])}. Config hash `{metrics['config_hash']}`.", ""]
+    task_results = metrics.get("tasks", {})
+    if "retrieval" not in task_results:
+        lines += legacy_retrieval_tables(metrics) + ["![retrieval](retrieval.png)", ""]
+    for name, task in task_results.items():
+        lines += task_tables(name, task, models, metrics["languages"] + sorted(metrics.get("skipped", {})))
+        if name == "retrieval":
+            lines += ["![retrieval](retrieval.png)", ""]
+    if len(task_results) > 1:
+        lines += ["![tasks](tasks.png)", ""]
+    lines += ["## Data", ""]
     lines += [f"- {k}: {v}" for k, v in summary.items() if not isinstance(v, list)]
     examples = summary.get("examples", [])
     if examples:
@@ -218,6 +296,40 @@ def plot_retrieval(metrics: dict, path: str) -> None:
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("accuracy@1")
     axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_tasks(metrics: dict, path: str) -> None:
+    """Per-task summary: every metric's average over languages per model, with its bootstrap interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task_results = {k: v for k, v in metrics.get("tasks", {}).items() if v["average"]}
+    models = list(metrics["models"])
+    fig, axes = plt.subplots(1, max(1, len(task_results)), figsize=(1.5 + 3.2 * max(1, len(task_results)), 4), squeeze=False)
+    width = 0.8 / max(1, len(models))
+    for ax, (name, task) in zip(axes[0], task_results.items()):
+        names = task["metrics"]
+        for k, m in enumerate(models):
+            avg = task["average"][m]
+            vals = [avg[n] for n in names]
+            x = np.arange(len(names)) + k * width
+            bars = ax.bar(x, vals, width, label=m)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
+            with_ci = [(xi, v, avg["ci"][n]) for xi, v, n in zip(x, vals, names) if avg["ci"].get(n)]
+            if with_ci:  # metrics without an interval (macro-F1) get no error bar
+                xs, vs, cis = zip(*with_ci)
+                err = np.clip(np.array([[v - c[0], c[1] - v] for v, c in zip(vs, cis)]).T, 0, None)
+                ax.errorbar(xs, vs, yerr=err, fmt="none", ecolor="black", capsize=3)
+        ax.set_xticks(np.arange(len(names)) + width * (len(models) - 1) / 2, names, rotation=20, fontsize=8)
+        ax.set_title(f"{TASK_TITLES.get(name, name)}\n(average of {task['average'][models[0]]['languages']} languages)", fontsize=9)
+        ax.set_ylim(0, 1.05)
+    if task_results:
+        axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -258,14 +370,18 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     langs = [lang for lang in cfg.languages if lang in present]
     skipped = {lang: "no held-out UDHR text for this language" for lang in cfg.languages if lang not in present}
     models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), "trained": inputs["model"]}
+    task_data, task_skipped = prepare_tasks(cfg, cfg.languages)  # these tasks need no UDHR text
+    results = {name: evaluate_model(path, rows, langs, cfg, task_data) for name, path in models.items()} if langs else {}
     metrics = {
         "languages": langs,
         "skipped": skipped,
         "config_hash": cfg.section_hash(*RunConfig.model_fields),
         "task": "bitext retrieval accuracy@1 on held-out UDHR units",
-        "models": {name: evaluate_model(path, rows, langs, cfg) for name, path in models.items()} if langs else {},
+        "models": {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()},
+        "tasks": summarise_tasks(cfg, results, task_data, task_skipped, skipped) if langs else {},
     }
-    metrics_path, report_path, plot_path = (join(out_dir, n) for n in ("metrics.json", "report.md", "retrieval.png"))
+    names = ("metrics.json", "report.md", "retrieval.png", "tasks.png")
+    metrics_path, report_path, plot_path, tasks_plot_path = (join(out_dir, n) for n in names)
     with open(metrics_path, "w") as f:
         json.dump(metrics, f, indent=2)
     outputs = {"metrics": metrics_path, "report": report_path}
@@ -275,8 +391,15 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
         if cfg.evaluate.plot:
             plot_retrieval(metrics, plot_path)
             outputs["plot"] = plot_path
+            if len(metrics["tasks"]) > 1:
+                plot_tasks(metrics, tasks_plot_path)
+                outputs["tasks_plot"] = tasks_plot_path
     else:
         with open(report_path, "w") as f:
             f.write("# bootembed report\n\nNo language has held-out evaluation text: " + json.dumps(skipped) + "\n")
     averages = {m: v["average"] for m, v in metrics["models"].items()}
-    return StageOutput(outputs=outputs, counts={"languages": len(langs)}, details={"average": averages, "skipped": skipped})
+    task_averages = {t: {m: {k: v for k, v in a.items() if k != "ci"} for m, a in r["average"].items()}
+                     for t, r in metrics["tasks"].items() if t != "retrieval"}
+    task_skips = {t: {lang: v["skipped"] for lang, v in r["per_language"].items() if "skipped" in v} for t, r in metrics["tasks"].items()}
+    return StageOutput(outputs=outputs, counts={"languages": len(langs)},
+                       details={"average": averages, "skipped": skipped, "tasks": task_averages, "task_skipped": task_skips})

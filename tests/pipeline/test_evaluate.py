@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluate import bitext_scores, plot_retrieval, report_markdown, retrieval_accuracy
+from pipeline.evaluate import bitext_scores, plot_retrieval, plot_tasks, report_markdown, retrieval_accuracy
 
 
 def test_identical_embeddings_retrieve_perfectly_and_shuffled_ids_do_not():
@@ -24,6 +24,14 @@ def test_bitext_queries_are_held_out_units_and_candidates_every_unit():
     assert scores["queries"] == 2 and scores["candidates_eng"] == 6 and scores["candidates_lang"] == 6
     assert scores["to_eng"] == 0.5  # unit 0 right, unit 1 retrieves eng unit 5
     assert scores["from_eng"] == 0.5
+    # yor unit 1 = eng unit 5: its English translation (unit 1, orthogonal) ties with 4 others after unit 5 -> rank 3
+    assert scores["mrr10_to_eng"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_identity_embeddings_give_acc_and_mrr_one():
+    rows = [{"lang": lang, "unit": u, "held_out": True} for u in range(8) for lang in ("eng", "yor")]
+    scores = bitext_scores(rows, np.repeat(np.eye(8), 2, axis=0), "yor")
+    assert scores["to_eng"] == scores["from_eng"] == scores["mrr10_to_eng"] == scores["mrr10_from_eng"] == 1.0
 
 
 @pytest.fixture
@@ -52,3 +60,91 @@ def test_plot_is_written_as_png(metrics, tmp_path):
     path = tmp_path / "r.png"
     plot_retrieval(metrics, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+@pytest.fixture
+def task_metrics(metrics):
+    def cell(v, n, lo=None, hi=None, **extra):
+        return {"P@1": v, "P@5": min(1.0, v + 0.2), "n": n, "ci": {"P@1": [lo or v - 0.1, hi or v + 0.1], "P@5": None}, **extra}
+
+    metrics["tasks"] = {"bli": {
+        "description": "Bilingual lexicon induction test description.", "metrics": ["P@1", "P@5"], "primary": "P@1",
+        "confidence": 0.95, "bootstrap_samples": 1000,
+        "per_language": {"yor": {"base": cell(0.2, 50, source="CLDR"), "trained": cell(0.3, 50, source="CLDR", delta_ci={"P@1": [-0.1, 0.3]})},
+                         "kha": {"skipped": "no dictionary for kha"}},
+        "average": {"base": {**cell(0.2, 50), "languages": 1}, "trained": {**cell(0.3, 50), "languages": 1}},
+        "delta_ci": {"trained": {"P@1": [-0.05, 0.25], "P@5": None}},
+    }}
+    return metrics
+
+
+def test_report_has_one_table_per_task_metric_with_intervals_skips_and_description(task_metrics):
+    text = report_markdown(task_metrics, {})
+    assert "## Bilingual lexicon induction" in text and "test description" in text
+    assert "| language | base P@1 | trained P@1 | Δ trained | n | source |" in text
+    assert "| yor | 0.200 [0.10, 0.30] | **0.300** [0.20, 0.40] | +0.100 [-0.10, +0.30] | 50 | CLDR |" in text
+    assert "| kha | skipped: no dictionary for kha |" in text
+    assert "| average (1 languages) | 0.200 [0.10, 0.30] | **0.300** [0.20, 0.40] | +0.100 [-0.05, +0.25] | 50 |" in text
+    assert "### P@5" in text and "nan" not in text.lower()
+    task_metrics["tasks"]["bli"]["delta_ci"]["trained"]["P@1"] = [0.02, 0.2]
+    assert "| +0.100 [+0.02, +0.20] * | 50 |" in report_markdown(task_metrics, {})
+    assert "base x->eng" in text  # legacy retrieval tables still there without a retrieval task
+
+
+def test_tasks_plot_is_written_as_png(task_metrics, tmp_path):
+    path = tmp_path / "t.png"
+    plot_tasks(task_metrics, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+
+
+def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, tiny_encoder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.corpus import load_udhr
+    from pipeline.evaluate import run
+
+    udhr = load_udhr(["eng", "yor", "kha"]).to_pylist()
+    rows = [{"lang": r["lang"], "unit": r["unit"], "text": r["text"], "held_out": r["unit"] % 3 == 0} for r in udhr]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "eval.parquet")
+    cfg = make_config(languages=["yor", "kha", "quc"], train={"encoder": tiny_encoder},
+                      evaluate={"bli_max_words": 40, "classification_max_test": 60, "bootstrap_samples": 100,
+                                "classification_max_train": 300,
+                                "dictionaries": {"quc": str(tmp_path / "missing.tsv")}})
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(cfg, {"eval": str(tmp_path / "eval.parquet"), "model": tiny_encoder}, str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["languages"] == ["yor", "kha"] and "quc" in metrics["skipped"]
+    for m in ("base", "trained"):
+        per = metrics["models"][m]["per_language"]
+        assert set(per) == {"yor", "kha"} and all({"to_eng", "from_eng", "queries"} <= set(v) for v in per.values())
+        assert {"to_eng", "from_eng"} <= set(metrics["models"][m]["average"])
+    tasks = metrics["tasks"]
+    assert set(tasks) == {"retrieval", "bli", "classification"}
+    assert tasks["bli"]["per_language"]["kha"]["base"]["source"].startswith("FreeDict")
+    assert tasks["bli"]["per_language"]["quc"]["skipped"].startswith("dictionary file")
+    assert tasks["classification"]["per_language"]["kha"] == {"skipped": "no labelled texts for kha"}
+    assert tasks["classification"]["per_language"]["yor"]["base"]["n"] == 60
+    assert tasks["retrieval"]["per_language"]["quc"]["skipped"]
+    for task in tasks.values():
+        for avg in task["average"].values():
+            assert all(np.isfinite(avg[k]) for k in task["metrics"])
+    report = (out / "report.md").read_text()
+    assert "## Topic classification" in report and "| kha | skipped: no labelled texts for kha |" in report
+    assert "base x->eng acc@1" in report and "x->eng MRR@10" in report
+    assert {"metrics", "report", "plot", "tasks_plot"} <= set(result.outputs)
+    assert (out / "tasks.png").stat().st_size > 5_000
+
+
+def test_a_language_without_items_is_skipped_not_nan(make_config):
+    from pipeline.evaluate import summarise_tasks
+
+    cfg = make_config(languages=["yor", "kha"], evaluate={"tasks": [], "bootstrap_samples": 50})
+    empty = np.zeros(0)
+    items = {"yor": {"hit1_to": np.ones(3), "rr_to": np.ones(3), "hit1_from": np.ones(3), "rr_from": np.ones(3)},
+             "kha": {"hit1_to": empty, "rr_to": empty, "hit1_from": empty, "rr_from": empty}}
+    results = {m: {"_items": {"retrieval": items}, "_skipped": {}} for m in ("base", "trained")}
+    out = summarise_tasks(cfg, results, {}, {}, {})
+    assert out["retrieval"]["per_language"]["kha"]["skipped"].startswith("no items")
+    assert out["retrieval"]["average"]["base"]["x->eng acc@1"] == 1.0 and out["retrieval"]["average"]["base"]["languages"] == 1

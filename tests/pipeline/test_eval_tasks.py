@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from pipeline import _eval_tasks as t
+
+
+def test_identity_embeddings_rank_first_and_mrr_counts_lower_ranks():
+    x = np.random.default_rng(0).normal(size=(15, 8))
+    ids = list(range(15))
+    s = t.rank_scores(x, ids, x, ids)
+    assert s["hit1"].mean() == 1.0 and s["rr"].mean() == 1.0
+    # query 0's right answer is the 2nd nearest: hit 0, reciprocal rank 1/2
+    q = np.array([[1.0, 0.1]])
+    c = np.array([[1.0, 0.0], [1.0, 0.5], [-1.0, 0.0]])
+    s = t.rank_scores(q, ["b"], c, ["a", "b", "c"])
+    assert s["hit1"].tolist() == [0.0] and s["rr"].tolist() == [0.5]
+    assert t.rank_scores(q, ["z"], c, ["a", "b", "c"])["rr"].tolist() == [0.0]
+
+
+def test_bootstrap_intervals_cover_the_mean_and_shrink_with_more_items():
+    rng = np.random.default_rng(1)
+    small, big = rng.random(23) < 0.3, rng.random(2000) < 0.3
+    lo, hi = t.bootstrap_mean_ci([small])
+    assert lo <= small.mean() <= hi and hi - lo > 0.2  # 23 items: a wide interval
+    lo2, hi2 = t.bootstrap_mean_ci([big])
+    assert hi2 - lo2 < 0.06
+    assert t.bootstrap_mean_ci([small], samples=0) is None
+    # one item more right out of 23 is not a measurable win
+    better = small.copy()
+    better[np.argmin(better)] = True
+    lo, hi = t.bootstrap_delta_ci([better], [small])
+    assert lo <= 0 <= hi
+    lo, hi = t.bootstrap_delta_ci([np.ones(200)], [np.zeros(200)])
+    assert lo == hi == 1.0
+
+
+def test_bli_identity_is_perfect_and_a_shuffled_dictionary_is_near_zero():
+    rng = np.random.default_rng(0)
+    n = 60
+    eng = [f"e{i}" for i in range(n)]
+    vecs = rng.normal(size=(n, 16))
+    gold = [{w} for w in eng]
+    s = t.bli_scores(vecs, vecs, eng, gold)
+    assert s["hit1"].mean() == 1.0 and s["hit5"].mean() == 1.0
+    shuffled = [{eng[j]} for j in rng.permutation(n)]
+    s = t.bli_scores(vecs, vecs, eng, shuffled)
+    assert s["hit1"].mean() <= 0.05 and s["hit5"].mean() <= 0.25
+
+
+def test_bli_items_and_skips():
+    src, eng, gold = t.bli_items({"maji": {"water"}, "paka": {"cat"}, "x": set()}, max_words=0)
+    assert src == ["maji", "paka"] and eng == ["cat", "water"] and gold == [{"water"}, {"cat"}]
+    with pytest.raises(t.Skipped, match="no single-word pairs"):
+        t.bli_items({"a": set()}, 0)
+    with pytest.raises(t.Skipped, match="no overlap"):
+        t.bli_scores(np.eye(2), np.eye(2), ["x", "y"], [{"a"}, {"b"}])
+    with pytest.raises(t.Skipped, match="no dictionary for xxx"):
+        t.load_dictionary("xxx", {}, cldr_fallback=True)
+    with pytest.raises(t.Skipped, match="missing"):
+        t.load_dictionary("yor", {"yor": "/nonexistent/dict"}, cldr_fallback=True)
+    pairs, source = t.load_dictionary("yor", {}, cldr_fallback=True)
+    assert source.startswith("CLDR") and len(pairs) > 50
+    assert t.load_dictionary("kha", {}, cldr_fallback=False)[1].startswith("FreeDict kha-eng")
+
+
+def test_probe_separates_toy_data_and_macro_f1():
+    rng = np.random.default_rng(0)
+    centers = np.eye(3, 8) * 4
+    y = [c for c in range(3) for _ in range(30)]
+    x = centers[y] + rng.normal(scale=0.5, size=(90, 8))
+    y_lab = [f"c{c}" for c in y]
+    s = t.probe_scores(x, y_lab, x[::-1], y_lab[::-1])
+    assert s["correct"].mean() == 1.0 and s["macro_f1"] == 1.0
+    assert t.macro_f1(["a", "a", "b", "b"], ["a", "a", "a", "b"]) == pytest.approx((0.8 + 2 / 3) / 2)
+    with pytest.raises(t.Skipped, match="one class"):
+        t.probe_scores(x, ["only"] * 90, x, ["only"] * 90)
+
+
+def test_emoji_topics_have_eight_classes_for_the_demo_languages():
+    rows = t.emoji_topics()
+    for lang in ("eng", "yor", "swh", "quc", "amh", "hau"):
+        labels = {r["label"] for r in rows if r["lang"] == lang}
+        assert len(labels) == 8, lang
+    x_tr, y_tr, x_te, y_te = t.classification_items("yor", "eng", max_test=100)
+    assert len(x_tr) > 1000 and len(x_te) == len(y_te) == 100
+    with pytest.raises(t.Skipped, match="no labelled texts for kha"):
+        t.classification_items("kha", "eng", 0)
+
+
+def test_summarise_averages_languages_and_marks_skips():
+    per_item = {"yor": {"base": {"hit1": np.array([1, 0, 0, 0.0])}, "trained": {"hit1": np.array([1, 1, 0, 0.0])}},
+                "swh": {"base": {"hit1": np.array([1, 1.0])}, "trained": {"hit1": np.array([1, 1.0])}}}
+    out = t.summarise(per_item, {"kha": "no dictionary for kha"}, {"P@1": "hit1"}, "P@1", ["base", "trained"], samples=200)
+    assert out["per_language"]["kha"] == {"skipped": "no dictionary for kha"}
+    assert out["average"]["base"]["P@1"] == pytest.approx((0.25 + 1) / 2)
+    assert out["average"]["trained"]["n"] == 6 and out["average"]["trained"]["languages"] == 2
+    lo, hi = out["delta_ci"]["trained"]["P@1"]
+    assert lo <= 0.125 <= hi
+    assert out["per_language"]["swh"]["trained"]["delta_ci"]["P@1"] == [0.0, 0.0]
+    assert "delta_ci" not in out["per_language"]["swh"]["base"]
