@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -140,6 +141,8 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
+    from pipeline.models import remember_model_kwargs
+
     tokenizer, model = load_encoder(encoder_path, freeze_embeddings=False)
     if state_dict is not None:
         model.load_state_dict(state_dict)
@@ -156,6 +159,8 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
         st.model_card_data.language = cfg.languages
         st.model_card_data.model_name = f"bootembed encoder for {', '.join(cfg.languages)}"
         st.save(out_path)
+    if no_pooler:
+        remember_model_kwargs(Path(out_path), no_pooler)  # so loading it does not add a random pooler either
     with open(os.path.join(out_path, "BOOTEMBED.md"), "w") as f:
         f.write(model_card_note(cfg, details))
 

@@ -43,6 +43,9 @@ def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_l
     # The prefix is the exported model's default prompt: encode(t) == encode(t, prompt="query: ").
     assert np.allclose(trained_vecs, model.encode(texts, prompt="query: "), atol=1e-6)
     assert "InfoNCE" in (tmp_path / "train" / "model" / "BOOTEMBED.md").read_text()
+    # Trained without a pooler, exported and reloaded without one (no random weights in the folder).
+    assert '"add_pooling_layer": false' in (tmp_path / "train" / "model" / "sentence_bert_config.json").read_text()
+    assert not any("pooler" in name for name, _ in model[0].auto_model.named_parameters())
 
 
 def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local, make_config, tiny_encoder, triplets, tmp_path):
