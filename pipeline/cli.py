@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
-from pipeline.run import STAGE_NAMES, StageInputError, run_pipeline
+from pipeline.run import STAGE_NAMES, StageInputError, output_path, run_pipeline
 from pipeline.seeds import SeedError
 
 app = typer.Typer(help="Bootstrap sentence-embedding models for low-resource languages.", no_args_is_help=True,
@@ -50,8 +50,8 @@ def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
     averages = manifests["evaluate"]["details"].get("average", {})
     for model, avg in averages.items():
         typer.echo(f"  {model:8s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
-    typer.echo(f"Report:  {manifests['evaluate']['outputs']['report']}")
-    typer.echo(f"Model:   {manifests['train']['outputs']['model']}")
+    typer.echo(f"Report:  {output_path(cfg, manifests['evaluate'], 'report')}")
+    typer.echo(f"Model:   {output_path(cfg, manifests['train'], 'model')}")
     typer.echo(f"Serve:   bootembed serve {cfg.run_dir}")
 
 

@@ -45,8 +45,24 @@ def stage_by_name(name: str) -> Stage:
     return next(s for s in STAGES if s.name == name)
 
 
+def run_root(cfg: RunConfig) -> str:
+    return cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(os.path.expanduser(cfg.run_dir))
+
+
 def manifest_path(cfg: RunConfig, stage: str) -> str:
-    return join(cfg.run_dir, stage, MANIFEST)
+    return join(run_root(cfg), stage, MANIFEST)
+
+
+def relative_outputs(cfg: RunConfig, outputs: dict[str, str]) -> dict[str, str]:
+    """Outputs inside the run directory are recorded relative to it, so a copied or moved run still resumes."""
+    root = run_root(cfg).rstrip("/") + "/"
+    return {k: v[len(root):] if v.startswith(root) else v for k, v in outputs.items()}
+
+
+def output_path(cfg: RunConfig, manifest: dict, name: str) -> str:
+    """Where a stage output recorded in `manifest` is now."""
+    path = manifest["outputs"][name]
+    return path if "://" in path or os.path.isabs(path) else join(run_root(cfg), path)
 
 
 def upstream_manifests(cfg: RunConfig, stage: Stage) -> dict[str, dict]:
@@ -87,9 +103,9 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
         log(f"[{stage.name}] up to date (finished {existing['finished_at']}), skipped")
         return existing
 
-    inputs = {name: upstream[s]["outputs"][out] for name, (s, out) in stage.needs.items()}
+    inputs = {name: output_path(cfg, upstream[s], out) for name, (s, out) in stage.needs.items()}
     inputs.update({f"{s}_manifest": manifest_path(cfg, s) for s in STAGE_NAMES[: STAGE_NAMES.index(stage.name)]})
-    out_dir = join(cfg.run_dir, stage.name)
+    out_dir = join(run_root(cfg), stage.name)
     fs, local = filesystem(out_dir)
     fs.create_dir(local, recursive=True)
     if existing:  # an outdated manifest must not vouch for outputs that are about to change
@@ -99,7 +115,8 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
     log(f"[{stage.name}] running ...")
     started = time.perf_counter()
     result = stage.fn(cfg, inputs, out_dir)
-    manifest = build_manifest(stage.name, fp, config_hash, inputs, result, time.perf_counter() - started)
+    result.outputs = relative_outputs(cfg, result.outputs)
+    manifest = build_manifest(stage.name, fp, config_hash, relative_outputs(cfg, inputs), result, time.perf_counter() - started)
     write_json(path, manifest)
     log(f"[{stage.name}] done in {manifest['seconds']:.1f} s: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
     return manifest

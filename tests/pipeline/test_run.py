@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from pipeline.run import STAGE_NAMES, StageInputError, run_pipeline, stage_by_name, run_stage
+from pipeline.run import STAGE_NAMES, StageInputError, output_path, run_pipeline, run_stage, stage_by_name
 
 
 def test_a_finished_stage_is_skipped_until_its_config_changes(make_config):
@@ -18,6 +18,19 @@ def test_a_finished_stage_is_skipped_until_its_config_changes(make_config):
     assert changed["fingerprint"] != first["fingerprint"] and changed["counts"]["anchors"] == 12
     unrelated = run_pipeline(make_config(seeds={"max_per_language": 6}, train={"epochs": 3}), ["seeds"], log=logs.append)
     assert logs[-1].startswith("[seeds] up to date") and unrelated["seeds"] == changed
+
+
+def test_a_copied_run_directory_resumes_from_its_own_files(make_config, tmp_path):
+    import shutil
+
+    cfg = make_config(seeds={"max_per_language": 5})
+    first = run_pipeline(cfg, ["seeds"])["seeds"]
+    assert first["outputs"] == {"train": "seeds/train.parquet", "eval": "seeds/eval.parquet"}
+    copy = cfg.model_copy(update={"run_dir": str(tmp_path / "copy")})
+    shutil.copytree(cfg.run_dir, copy.run_dir)
+    logs = []
+    assert run_pipeline(copy, ["seeds"], log=logs.append)["seeds"] == first and "up to date" in logs[-1]
+    assert output_path(copy, first, "train") == str(tmp_path / "copy" / "seeds" / "train.parquet")
 
 
 def test_a_stage_before_its_inputs_exist_says_what_to_run(make_config):
@@ -49,7 +62,8 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
     assert manifests["synthesize"]["counts"]["rows"] == manifests["seeds"]["counts"]["anchors"] == 18
     assert manifests["filter"]["counts"]["kept"] + manifests["filter"]["counts"]["dropped"] == 18
 
-    metrics = json.loads(Path(manifests["evaluate"]["outputs"]["metrics"]).read_text())
+    out = lambda stage, name: output_path(cfg, manifests[stage], name)  # noqa: E731
+    metrics = json.loads(Path(out("evaluate", "metrics")).read_text())
     assert set(metrics["models"]) == {"base", "trained"}
     for model in metrics["models"].values():
         assert set(model["per_language"]) == {"yor", "kha", "quc"}
@@ -57,10 +71,10 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
     # The base encoder reproduces the known headroom: Yoruba well above K'iche'.
     base = metrics["models"]["base"]["per_language"]
     assert base["yor"]["to_eng"] > base["quc"]["to_eng"]
-    report = Path(manifests["evaluate"]["outputs"]["report"]).read_text()
+    report = Path(out("evaluate", "report")).read_text()
     assert "| yor |" in report and "base x->eng" in report and "trained x->eng" in report
-    assert Path(manifests["evaluate"]["outputs"]["plot"]).stat().st_size > 10_000
-    assert SentenceTransformer(manifests["train"]["outputs"]["model"], device="cpu").encode(["Ẹ kú àárọ̀"]).shape == (1, 384)
+    assert Path(out("evaluate", "plot")).stat().st_size > 10_000
+    assert SentenceTransformer(out("train", "model"), device="cpu").encode(["Ẹ kú àárọ̀"]).shape == (1, 384)
 
     logs.clear()
     again = run_pipeline(cfg, log=logs.append)
