@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ from pipeline.config import RunConfig, validate_config  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 # Bundled models are materialised once per machine, like a user's cache; tests never download.
 CACHE_DIR = os.environ.get("BOOTEMBED_TEST_CACHE", os.path.expanduser("~/.cache/bootembed"))
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pipeline import jobs
 from pipeline.cli import app
 from pipeline.jobs import JobError
-from tests.serve.test_app import free_port
+from tests.conftest import free_port
 
 runner = CliRunner()
 

@@ -7,7 +7,6 @@ run in this process, through the official `openai` client and plain HTTP (urllib
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,18 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.timeout(300)
 
 APP = "bootembed-test"
 MAX_INPUTS = 8  # small, so the 413 case is cheap
 TEXTS = ["Ẹ kú àárọ̀, báwo ni?", "Kumno phi long?", "The cat sat on the mat.", "a",
          "A much longer sentence about the weather in Lagos, which was hot and humid all week."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.serve.test_app import free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
