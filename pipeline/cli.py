@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
-from pipeline.run import STAGE_NAMES, StageInputError, output_path, run_pipeline
+from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, output_path, run_pipeline
 from pipeline.seeds import SeedError
 
 app = typer.Typer(help="Bootstrap sentence-embedding models for low-resource languages.", no_args_is_help=True,
@@ -36,7 +36,7 @@ def load(config: Path, overrides: list[str] | None) -> RunConfig:
 def run_stages(cfg: RunConfig, stages: list[str] | None, force: bool) -> dict:
     try:
         return run_pipeline(cfg, stages, force=force, log=lambda m: typer.secho(m, fg=typer.colors.CYAN))
-    except (SeedError, StageInputError, ValueError, FileNotFoundError) as err:
+    except (SeedError, StageInputError, ClusterResourceError, ValueError, FileNotFoundError) as err:
         fail(str(err))
 
 

@@ -92,6 +92,23 @@ def start_ray(cfg: RunConfig) -> None:
                  object_store_memory=cfg.ray.object_store_mb * 1024 * 1024, _node_ip_address="127.0.0.1")
 
 
+class ClusterResourceError(RuntimeError):
+    """The Ray cluster lacks what the config asks for; raised before any work is scheduled."""
+
+
+def check_cluster_resources(cfg: RunConfig, stage: Stage) -> None:
+    """Fail fast where Ray would otherwise wait forever for resources that never appear."""
+    import ray
+
+    if stage.name == "train" and cfg.train.use_gpu:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < cfg.train.num_workers:
+            raise ClusterResourceError(
+                f"train.use_gpu is true with train.num_workers={cfg.train.num_workers}, but the Ray cluster has "
+                f"{gpus:g} GPU(s); set train.use_gpu=false, lower train.num_workers, or add GPU workers (cluster.yaml)"
+            )
+
+
 def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run one stage unless its manifest is current; return the manifest."""
     upstream = upstream_manifests(cfg, stage)
@@ -112,6 +129,7 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
         fs.delete_file(filesystem(path)[1])
     if stage.uses_ray:
         start_ray(cfg)
+        check_cluster_resources(cfg, stage)
     log(f"[{stage.name}] running ...")
     started = time.perf_counter()
     result = stage.fn(cfg, inputs, out_dir)

@@ -4,7 +4,16 @@ from pathlib import Path
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from pipeline.run import STAGE_NAMES, StageInputError, output_path, run_pipeline, run_stage, stage_by_name
+from pipeline.run import (
+    STAGE_NAMES,
+    ClusterResourceError,
+    StageInputError,
+    check_cluster_resources,
+    output_path,
+    run_pipeline,
+    run_stage,
+    stage_by_name,
+)
 
 
 def test_a_finished_stage_is_skipped_until_its_config_changes(make_config):
@@ -36,6 +45,12 @@ def test_a_copied_run_directory_resumes_from_its_own_files(make_config, tmp_path
 def test_a_stage_before_its_inputs_exist_says_what_to_run(make_config):
     with pytest.raises(StageInputError, match=r"stage 'train' reads the output of 'filter', which has not finished.*bootembed filter CONFIG"):
         run_stage(make_config(), stage_by_name("train"))
+
+
+def test_a_gpu_config_on_a_cluster_without_gpus_fails_before_training_is_scheduled(ray_local, make_config):
+    with pytest.raises(ClusterResourceError, match=r"train.use_gpu is true .* has 0 GPU\(s\); set train.use_gpu=false"):
+        check_cluster_resources(make_config(train={"use_gpu": True}), stage_by_name("train"))
+    check_cluster_resources(make_config(), stage_by_name("train"))  # the CPU config passes
 
 
 def test_a_bad_seed_file_fails_before_anything_is_written(make_config, tmp_path):
