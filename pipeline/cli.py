@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 import yaml
 
-from pipeline.config import ConfigError, RayConfig, RunConfig, ServeConfig, load_config
-from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, output_path, run_pipeline, start_ray
+from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
+from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, output_path, run_pipeline
 from pipeline.seeds import SeedError
 
 app = typer.Typer(help="Bootstrap sentence-embedding models for low-resource languages.", no_args_is_help=True,
@@ -117,7 +117,7 @@ def serve(
                     f"{_SERVE.api_key_env} (or --api-key-env NAME) or bind 127.0.0.1", fg=typer.colors.YELLOW, err=True)
 
     stop = threading.Event()
-    start_ray(RayConfig())  # the same local, loopback-bound Ray instance a run starts
+    ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024, _node_ip_address="127.0.0.1")
     # Our own handler, installed before the (slow) deployment: Ctrl-C or SIGTERM at any point from here on
     # means a clean shutdown, not a traceback and exit code 130.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline import evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
-from pipeline.config import RayConfig, RunConfig
+from pipeline.config import RunConfig
 from pipeline.manifest import MANIFEST, StageOutput, build_manifest, filesystem, fingerprint, join, read_json, write_json
 
 
@@ -78,18 +78,18 @@ def upstream_manifests(cfg: RunConfig, stage: Stage) -> dict[str, dict]:
     return manifests
 
 
-def start_ray(ray_cfg: RayConfig) -> None:
+def start_ray(cfg: RunConfig) -> None:
     """Join the configured cluster, or start a small local Ray instance bound to loopback."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if ray_cfg.address:
-        ray.init(address=ray_cfg.address)
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address)
     else:
-        ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=False,
-                 object_store_memory=ray_cfg.object_store_mb * 1024 * 1024, _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                 object_store_memory=cfg.ray.object_store_mb * 1024 * 1024, _node_ip_address="127.0.0.1")
 
 
 class ClusterResourceError(RuntimeError):
@@ -128,7 +128,7 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
     if existing:  # an outdated manifest must not vouch for outputs that are about to change
         fs.delete_file(filesystem(path)[1])
     if stage.uses_ray:
-        start_ray(cfg.ray)
+        start_ray(cfg)
         check_cluster_resources(cfg, stage)
     log(f"[{stage.name}] running ...")
     started = time.perf_counter()
