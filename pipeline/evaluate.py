@@ -1,4 +1,4 @@
-"""Stage `evaluate`: the base and the trained encoder, side by side, on held-out text.
+"""Stage `evaluate`: the base encoder, the non-synthetic baseline and one encoder per strategy, side by side, on held-out text.
 
 Tasks:
 - bitext retrieval (always): accuracy@1 and MRR@10 between each target language and English
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -265,14 +266,25 @@ def report_markdown(metrics: dict, summary: dict) -> str:
             lines += ["![retrieval](retrieval.png)", ""]
     if len(task_results) > 1:
         lines += ["![tasks](tasks.png)", ""]
+    strategies = summary.get("strategies", [])
+    if strategies:
+        lines += ["## Training data per strategy", "",
+                  "`non_synthetic` = the baseline trained on as many human-made cross-lingual NLI triplets as the largest "
+                  "synthetic set.", "",
+                  "| strategy | generated | parsed | kept | trained on | final loss | main drop reasons | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(str(r[k]) for k in ("strategy", "generated", "parsed", "kept", "trained_on", "final_loss",
+                                                      "top_drop_reasons", "note")) + " |" for r in strategies]
+        lines.append("")
     lines += ["## Data", ""]
     lines += [f"- {k}: {v}" for k, v in summary.items() if not isinstance(v, list)]
     examples = summary.get("examples", [])
     if examples:
-        lines += ["", "### Example triplets", "", "| lang | anchor | positive | hard negative |", "|---|---|---|---|"]
+        lines += ["", "### Example triplets", "", "| strategy | lang | anchor | positive | hard negative |", "|---|---|---|---|---|"]
         for ex in examples:
             cell = lambda s: (s or "").replace("|", "\\|")[:140]  # noqa: E731
-            lines.append(f"| {ex['lang']} | {cell(ex['anchor'])} | {cell(ex['positive'])} | {cell(ex['negative'])} |")
+            lines.append(f"| {ex.get('strategy', 'icl')} | {ex['lang']} | {cell(ex['anchor'])} | {cell(ex['positive'])} | "
+                         f"{cell(ex['negative'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -335,7 +347,7 @@ def plot_tasks(metrics: dict, path: str) -> None:
     plt.close(fig)
 
 
-def data_summary(inputs: dict[str, str]) -> dict:
+def data_summary(inputs: dict[str, str], strategies: list[str]) -> dict:
     """Counts and example triplets from the upstream stages, for the report."""
     summary: dict = {}
     for stage in ("seeds", "synthesize", "filter", "train"):
@@ -345,16 +357,50 @@ def data_summary(inputs: dict[str, str]) -> dict:
             summary[f"{stage} seconds"] = manifest["seconds"]
             if "drop_reasons" in manifest.get("details", {}):
                 summary[f"{stage} drop reasons"] = manifest["details"]["drop_reasons"]
+    summary["strategies"] = strategy_summary(inputs, strategies)
     if "triplets" in inputs:
         triplets = pq.read_table(inputs["triplets"]).to_pylist()
-        by_lang: dict[str, list] = {}
+        by_group: dict[tuple, list] = {}
         for t in triplets:
-            by_lang.setdefault(t["lang"], []).append(t)
-        summary["examples"] = [t for ts in by_lang.values() for t in ts[:2]]
+            by_group.setdefault((t.get("strategy", "icl"), t["lang"]), []).append(t)
+        summary["examples"] = [{**t, "strategy": key[0]} for key in sorted(by_group) for t in by_group[key][:2]]
     return summary
 
 
+def strategy_summary(inputs: dict[str, str], strategies: list[str]) -> list[dict]:
+    """Per strategy (and the baseline): generated, parsed, kept, trained-on counts and the main drop reasons."""
+    manifests = {s: read_json(inputs[f"{s}_manifest"]) or {} for s in ("synthesize", "filter", "train")
+                 if f"{s}_manifest" in inputs}
+    synth = manifests.get("synthesize", {}).get("details", {})
+    filt = manifests.get("filter", {}).get("details", {})
+    train = manifests.get("train", {}).get("details", {})
+    rows = []
+    from pipeline.train import BASELINE
+
+    for strategy in [*strategies, *([BASELINE] if BASELINE in train.get("variants", {}) else [])]:
+        generated = synth.get("per_strategy", {}).get(strategy, {})
+        reasons = Counter(filt.get("drop_reasons_per_strategy", {}).get(strategy, {}))
+        variant = train.get("variants", {}).get(strategy, {})
+        rows.append({"strategy": strategy, "generated": generated.get("rows", "-"), "parsed": generated.get("ok", "-"),
+                     "kept": filt.get("kept_per_strategy", {}).get(strategy, "-"),
+                     "trained_on": variant.get("triplets", "-"),
+                     "final_loss": f"{variant['final_loss']:.3f}" if "final_loss" in variant else "-",
+                     "top_drop_reasons": ", ".join(f"{r} {n}" for r, n in reasons.most_common(3)) or "-",
+                     "note": train.get("skipped", {}).get(strategy, "")})
+    return rows
+
+
 # ---------------------------------------------------------------- the stage
+
+def trained_models(models_dir: str, cfg: RunConfig) -> dict[str, str]:
+    """{variant: folder} in report order: the non-synthetic baseline, then the strategies as configured."""
+    from pipeline.train import BASELINE
+
+    found = {name: join(models_dir, name) for name in sorted(os.listdir(models_dir))
+             if os.path.isfile(os.path.join(models_dir, name, "modules.json"))}
+    order = [BASELINE, *cfg.synthesis.strategies]
+    return {name: found[name] for name in sorted(found, key=lambda n: order.index(n) if n in order else len(order))}
+
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     import torch
@@ -369,7 +415,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     present = {r["lang"] for r in rows}
     langs = [lang for lang in cfg.languages if lang in present]
     skipped = {lang: "no held-out UDHR text for this language" for lang in cfg.languages if lang not in present}
-    models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), "trained": inputs["model"]}
+    models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), **trained_models(inputs["models"], cfg)}
     task_data, task_skipped = prepare_tasks(cfg, cfg.languages)  # these tasks need no UDHR text
     results = {name: evaluate_model(path, rows, langs, cfg, task_data) for name, path in models.items()} if langs else {}
     metrics = {
@@ -387,7 +433,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     outputs = {"metrics": metrics_path, "report": report_path}
     if langs:
         with open(report_path, "w") as f:
-            f.write(report_markdown(metrics, data_summary(inputs)))
+            f.write(report_markdown(metrics, data_summary(inputs, cfg.synthesis.strategies)))
         if cfg.evaluate.plot:
             plot_retrieval(metrics, plot_path)
             outputs["plot"] = plot_path

@@ -95,7 +95,7 @@ def filter_rows(rows: list[dict], cfg: RunConfig) -> tuple[list[dict], list[dict
     for row in rows:
         reason = next((r for check in checks if (r := check(row, cfg.filter))), None)
         if reason is None:
-            key = (row["lang"], _norm(row["anchor"]), _norm(row["positive"]), _norm(row["negative"]))
+            key = (row["strategy"], row["lang"], _norm(row["anchor"]), _norm(row["positive"]), _norm(row["negative"]))
             reason = "duplicate" if key in seen else None
             seen.add(key)
         triplet = {c: row[c] for c in TRIPLET_SCHEMA.names}
@@ -140,5 +140,9 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
         details={
             "drop_reasons": dict(sorted(reasons.items())),
             "kept_per_language": dict(sorted(Counter(r["lang"] for r in kept).items())),
+            "kept_per_strategy": dict(sorted(Counter(r["strategy"] for r in kept).items())),
+            "drop_reasons_per_strategy": {
+                s: dict(sorted(Counter(r["reason"].split(";")[0] for r in dropped if r["strategy"] == s).items()))
+                for s in sorted({r["strategy"] for r in rows})},
         },
     )

@@ -69,14 +69,24 @@ def package_job(cfg: RunConfig, stage: str | None) -> tuple[str, str]:
     return workdir, " ".join(shlex.quote(c) for c in command)
 
 
+AGENT_RETRIES = 5
+
+
 def submit(cfg: RunConfig, address: str, stage: str | None = None) -> str:
     """Submit the run (or one stage of it); return the job's submission id."""
     check_shared_run_dir(cfg)
     jobs = client(address)
     workdir, entrypoint = package_job(cfg, stage)
     try:
-        return jobs.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": workdir},
-                               metadata={"tool": "bootembed", "languages": ",".join(cfg.languages)})
+        for attempt in range(AGENT_RETRIES + 1):
+            try:
+                return jobs.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": workdir},
+                                       metadata={"tool": "bootembed", "languages": ",".join(cfg.languages)})
+            except RuntimeError as err:
+                # A cluster that has just started answers before its job agent is up; Ray says to try again.
+                if "No available agent" not in str(err) or attempt == AGENT_RETRIES:
+                    raise
+                time.sleep(2.0 * (attempt + 1))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # the Jobs API has uploaded it
 

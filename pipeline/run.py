@@ -1,6 +1,6 @@
 """Runs stages in order on one Ray instance, skipping every stage whose manifest is current.
 
-    seeds -> synthesize -> filter -> train -> evaluate
+    seeds -> adapters -> synthesize -> filter -> train -> evaluate
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline import evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
+from pipeline import adapters, evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
 from pipeline.config import RunConfig
 from pipeline.manifest import MANIFEST, StageOutput, build_manifest, filesystem, fingerprint, join, read_json, write_json
 
@@ -26,13 +26,17 @@ class Stage:
 
 STAGES = [
     Stage("seeds", seeds.run, ("languages", "seeds", "seed")),
-    Stage("synthesize", synthesize.run, ("generator", "synthesis"), {"train": ("seeds", "train")}, uses_ray=True),
+    Stage("adapters", adapters.run, ("generator.model", "adapters", "synthesis.strategies", "synthesis.output_language",
+                                     "languages", "seed"), {"train": ("seeds", "train")}, uses_ray=True),
+    Stage("synthesize", synthesize.run, ("generator", "synthesis"),
+          {"train": ("seeds", "train"), "registry": ("adapters", "registry")}, uses_ray=True),
     # The margin filter scores triplets with the base encoder, so the filter depends on which one it is.
     Stage("filter", filter.run, ("filter", "synthesis", "train.encoder", "train.prefix"),
           {"generations": ("synthesize", "generations")}),
-    Stage("train", train.run, ("train", "seed", "languages"), {"triplets": ("filter", "triplets")}, uses_ray=True),
+    Stage("train", train.run, ("train", "seed", "languages", "synthesis.strategies"), {"triplets": ("filter", "triplets")},
+          uses_ray=True),
     Stage("evaluate", evaluate.run, ("evaluate", "train"),
-          {"eval": ("seeds", "eval"), "model": ("train", "model"), "triplets": ("filter", "triplets")}),
+          {"eval": ("seeds", "eval"), "models": ("train", "models"), "triplets": ("filter", "triplets")}),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 

@@ -1,13 +1,18 @@
-"""Stage `synthesize`: seed anchors -> (anchor, positive, hard negative) triplets from an LLM.
+"""Stage `synthesize`: seed anchors -> (anchor, positive, hard negative) triplets from an LLM, per strategy.
 
-Ray Data streams the anchors through a pool of generation actors. Model output is parsed,
-never trusted: a row whose answer cannot be parsed, whose prompt is too long, or whose
-generation raised is kept with its reason in `status` (and counted), never fails the job.
+Each anchor becomes one request per (strategy, role): icl = few-shot prompt to the base
+generator; composition / xllora = zero-shot prompt to the role's adapter from the adapters
+registry. Ray Data streams the requests through the configured engine (pipeline/engines.py).
+Model output is parsed, never trusted: a row whose answer cannot be parsed, whose prompt is
+too long, or whose generation raised is kept with its reason in `status` (and counted),
+never fails the job. answers/ keeps every raw answer; generations.parquet has one row per
+(anchor, strategy).
 """
 
 from __future__ import annotations
 
-import math
+import json
+import os
 import random
 import re
 from functools import lru_cache
@@ -82,94 +87,58 @@ def parse_answer(raw: str) -> tuple[str | None, str]:
     return text, OK
 
 
-# ---------------------------------------------------------------- the transformers engine
+# ---------------------------------------------------------------- requests and triplets (pure)
 
-class HFGenerator:
-    """A Ray Data actor: transformers causal LM, batched, left-padded, greedy by default."""
+def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> list[dict]:
+    """One generation request per (anchor, strategy, role), ordered by adapter so each engine batch uses one.
 
-    def __init__(self, model_path: str, cfg: dict):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    icl prompts carry few-shot examples; adapter strategies get the zero-shot prompt their adapters were trained on.
+    """
+    from pipeline.adapters import find_adapter
 
-        gen = cfg["generator"]
-        torch.set_num_threads(gen["torch_threads"] or max(1, math.ceil(gen["cpus_per_actor"])))
-        self.torch = torch
-        self.gen = gen
-        self.synthesis = cfg["synthesis"]
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    requests = []
+    for row in seeds:
+        language = "English" if cfg.synthesis.output_language == "eng" else language_name(row["lang"])
+        for strategy in cfg.synthesis.strategies:
+            for role in ROLES:
+                adapter = ""  # the base model; "" not None, so the column stays a string column in every batch format
+                if strategy != "icl":
+                    found = find_adapter(registry, strategy, role, row["lang"])
+                    if found is None:
+                        raise ValueError(f"synthesize: no {strategy} adapter for role {role} and language {row['lang']} in the "
+                                         "adapters registry; rerun the adapters stage (`bootembed adapters CONFIG`)")
+                    adapter = found["name"]
+                shots = cfg.synthesis.num_shots if strategy == "icl" else 0
+                messages = build_messages(row["text"], role, row["id"], language, shots)
+                requests.append({"id": row["id"], "lang": row["lang"], "strategy": strategy, "role": role, "adapter": adapter,
+                                 "anchor": row["text"], "messages": json.dumps(messages, ensure_ascii=False)})
+    requests.sort(key=lambda r: (r["adapter"], len(r["anchor"])))
+    return requests
 
-    def prompt(self, anchor: str, lang: str, role: str, row_id: str) -> str:
-        language = "English" if self.synthesis["output_language"] == "eng" else language_name(lang)
-        messages = build_messages(anchor, role, row_id, language, self.synthesis["num_shots"])
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: list[str]) -> list[str]:
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        sample = self.gen["temperature"] > 0
-        with self.torch.no_grad():
-            out = self.model.generate(
-                **enc,
-                max_new_tokens=self.gen["max_new_tokens"],
-                do_sample=sample,
-                temperature=self.gen["temperature"] if sample else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id,
-                stop_strings=["\n"],  # one sentence is asked for: a new line ends the answer
-                tokenizer=self.tokenizer,
-            )
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-
-    def generate_safely(self, prompts: list[str]) -> list[tuple[str | None, str]]:
-        """(raw answer, "ok") per prompt; an engine error costs only the prompts it hit."""
-        results: list[tuple[str | None, str]] = [(None, "")] * len(prompts)
-        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-        todo = []
-        for i, n in enumerate(lengths):
-            if n > self.gen["max_prompt_tokens"]:
-                results[i] = (None, "prompt_too_long")
-            else:
-                todo.append(i)
-        todo.sort(key=lambda i: lengths[i])  # similar lengths batch together: less padding to compute
-        for start in range(0, len(todo), self.gen["batch_size"]):
-            chunk = todo[start:start + self.gen["batch_size"]]
-            try:
-                answers = self.generate([prompts[i] for i in chunk])
-                for i, a in zip(chunk, answers):
-                    results[i] = (a, OK)
-            except Exception:  # noqa: BLE001 - retry one by one to isolate the failing prompt
-                for i in chunk:
-                    try:
-                        results[i] = (self.generate([prompts[i]])[0], OK)
-                    except Exception as err:  # noqa: BLE001
-                        results[i] = (None, f"engine_error:{type(err).__name__}: {str(err)[:160]}")
-        return results
-
-    def __call__(self, batch: dict) -> dict:
-        ids, langs, anchors = list(batch["id"]), list(batch["lang"]), list(batch["text"])
-        prompts = [self.prompt(a, lang, role, i) for i, lang, a in zip(ids, langs, anchors) for role in ROLES]
-        generated = self.generate_safely(prompts)
-        out = {k: [] for k in ("id", "lang", "strategy", "anchor", "positive", "negative", "raw_positive", "raw_negative", "status")}
-        for n, (row_id, lang, anchor) in enumerate(zip(ids, langs, anchors)):
-            texts, problems = {}, []
-            for k, role in enumerate(ROLES):
-                raw, status = generated[2 * n + k]
-                text, status = parse_answer(raw) if status == OK else (None, status)
-                texts[role] = text
-                out[f"raw_{role}"].append(raw)
-                if status != OK:
-                    problems.append(f"{role}:{status}")
-            out["id"].append(row_id)
-            out["lang"].append(lang)
-            out["strategy"].append("icl")
-            out["anchor"].append(anchor)
-            out["positive"].append(texts["positive"])
-            out["negative"].append(texts["negative"])
-            out["status"].append(";".join(problems) or OK)
-        return out
+def assemble_triplets(answers: list[dict]) -> list[dict]:
+    """Answer rows (one per role) -> one generations row per (anchor, strategy), with every problem in `status`."""
+    grouped: dict[tuple[str, str], dict] = {}
+    for a in answers:
+        row = grouped.setdefault((a["id"], a["strategy"]), {
+            "id": a["id"], "lang": a["lang"], "strategy": a["strategy"], "anchor": a["anchor"],
+            "positive": None, "negative": None, "raw_positive": None, "raw_negative": None, "_problems": {}, "_seen": set()})
+        row["_seen"].add(a["role"])
+        text, status = parse_answer(a["raw"]) if a["status"] == OK else (None, a["status"])
+        row[a["role"]] = text
+        row[f"raw_{a['role']}"] = a["raw"]
+        if status != OK:
+            row["_problems"][a["role"]] = f"{a['role']}:{status}"
+    out = []
+    for key in sorted(grouped):
+        row = grouped[key]
+        for role in ROLES:  # a role with no answer row at all is a lost request, not silence
+            if role not in row["_seen"]:
+                row["_problems"][role] = f"{role}:missing"
+        problems = [row["_problems"][r] for r in ROLES if r in row["_problems"]]
+        row.pop("_problems"), row.pop("_seen")
+        out.append({**row, "status": ";".join(problems) or OK})
+    return out
 
 
 # ---------------------------------------------------------------- the stage
@@ -192,41 +161,66 @@ def count_reasons(statuses: list[str]) -> dict[str, int]:
         if status == OK:
             continue
         for part in status.split(";"):
-            key = part.split(":engine_error:")[0] + ":engine_error" if ":engine_error:" in part else part
+            key = part.split(":engine_error")[0] + ":engine_error" if ":engine_error" in part else part
             reasons[key] = reasons.get(key, 0) + 1
     return dict(sorted(reasons.items()))
+
+
+def generate(cfg: RunConfig, requests, model_path: str, registry: list[dict], adapters_dir: str | None):
+    """The configured engine over a Ray Dataset of requests."""
+    from pipeline import engines
+
+    generator = cfg.generator.model_dump(mode="json")
+    if cfg.generator.engine == "openai":
+        return engines.generate_openai(requests, generator)
+    if cfg.generator.engine == "vllm":
+        import ray
+
+        rank = max([cfg.adapters.rank, *[adapter_rank(r["path"]) for r in registry]]) if registry else cfg.adapters.rank
+        return engines.generate_vllm(requests, generator, model_path, adapters_dir if registry else None,
+                                     on_gpu=ray.cluster_resources().get("GPU", 0) > 0, max_lora_rank=rank)
+    return engines.generate_hf(requests, generator, model_path, {r["name"]: r["path"] for r in registry})
+
+
+def adapter_rank(path: str) -> int:
+    with open(f"{path}/adapter_config.json") as f:
+        return int(json.load(f)["r"])
 
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     import ray
 
+    from pipeline.adapters import read_registry
     from pipeline.models import resolve_model
 
     seeds_path = inputs["train"]
     check_columns(pq.read_schema(seeds_path).names, seeds_path)
-    num_anchors = pq.read_metadata(seeds_path).num_rows
-    model_path = resolve_model(cfg.generator.model, cfg.cache_dir)
-    gen_dir = join(out_dir, "generations")
+    seeds = pq.read_table(seeds_path, columns=sorted(REQUIRED_COLUMNS)).to_pylist()
+    registry = read_registry(inputs["registry"]) if inputs.get("registry") else []
+    requests = plan_requests(seeds, cfg, registry)
+    model_path = cfg.generator.model if cfg.generator.engine == "openai" else resolve_model(cfg.generator.model, cfg.cache_dir)
+    answers_dir = join(out_dir, "answers")
 
-    # One small Parquet file is one block: repartition so every actor gets work and progress is visible.
-    blocks = max(cfg.generator.num_actors * 4, num_anchors // (cfg.generator.batch_size * 2) or 1)
-    ds = ray.data.read_parquet(seeds_path).repartition(blocks)
-    ds = ds.map_batches(
-        HFGenerator,
-        fn_constructor_kwargs={"model_path": model_path, "cfg": cfg.model_dump(mode="json")},
-        batch_size=cfg.generator.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.generator.num_actors),
-        num_cpus=cfg.generator.cpus_per_actor,
-        batch_format="numpy",
-    )
-    reset_dir(gen_dir)  # files of an interrupted earlier attempt would duplicate rows
-    ds.write_parquet(gen_dir)
+    # Several blocks, so every actor gets work and progress is visible; in order, so batches share an adapter.
+    blocks = max(cfg.generator.num_actors * 4, len(requests) // (cfg.generator.batch_size * 4) or 1)
+    ds = ray.data.from_arrow(pa.Table.from_pylist(requests)).repartition(blocks)
+    reset_dir(answers_dir)  # files of an interrupted earlier attempt would duplicate rows
+    adapters_dir = os.path.dirname(inputs["registry"]) if inputs.get("registry") else None
+    generate(cfg, ds, model_path, registry, adapters_dir).write_parquet(answers_dir)
 
-    table = pads.dataset(gen_dir, format="parquet").to_table()
-    statuses = table.column("status").to_pylist()
-    ok = statuses.count(OK)
+    answers = pads.dataset(answers_dir, format="parquet").to_table().to_pylist()
+    rows = assemble_triplets(answers)
+    gen_path = join(out_dir, "generations.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA), gen_path)
+    statuses = [r["status"] for r in rows]
+    per_strategy = {s: {"rows": sum(r["strategy"] == s for r in rows), "ok": sum(r["strategy"] == s and r["status"] == OK for r in rows)}
+                    for s in cfg.synthesis.strategies}
     return StageOutput(
-        outputs={"generations": gen_dir},
-        counts={"anchors": num_anchors, "rows": table.num_rows, "ok": ok, "dropped": table.num_rows - ok},
-        details={"drop_reasons": count_reasons(statuses), "generator": model_path, "strategies": cfg.synthesis.strategies},
+        outputs={"generations": gen_path, "answers": answers_dir},
+        counts={"anchors": len(seeds), "requests": len(requests), "rows": len(rows), "ok": statuses.count(OK),
+                "dropped": len(rows) - statuses.count(OK)},
+        details={"drop_reasons": count_reasons(statuses), "generator": model_path, "engine": cfg.generator.engine,
+                 "strategies": cfg.synthesis.strategies, "per_strategy": per_strategy,
+                 "drop_reasons_per_strategy": {s: count_reasons([r["status"] for r in rows if r["strategy"] == s])
+                                               for s in cfg.synthesis.strategies}},
     )

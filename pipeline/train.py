@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
@@ -166,10 +169,12 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
 
 
 def model_card_note(cfg: RunConfig, details: dict) -> str:
+    variant = details.get("variant", "")
+    data = ("human-made cross-lingual NLI triplets (the non-synthetic baseline)" if variant == BASELINE else
+            f"synthetic triplets for {', '.join(cfg.languages)} (strategy: {variant or ', '.join(cfg.synthesis.strategies)}; "
+            f"generator `{cfg.generator.model}`)")
     return (
-        f"# bootembed encoder\n\nFine-tuned from `{cfg.train.encoder}` on synthetic triplets for "
-        f"{', '.join(cfg.languages)} (strategies: {', '.join(cfg.synthesis.strategies)}; generator "
-        f"`{cfg.generator.model}`).\n\nTraining: InfoNCE (temperature {cfg.train.temperature}) over in-batch and hard "
+        f"# bootembed encoder\n\nFine-tuned from `{cfg.train.encoder}` on {data}.\n\nTraining: InfoNCE (temperature {cfg.train.temperature}) over in-batch and hard "
         f"negatives, batch {cfg.train.batch_size}, lr {cfg.train.lr}, {cfg.train.epochs} epoch(s), max length "
         f"{cfg.train.max_length}, {cfg.train.pooling} pooling; {details.get('triplets', '?')} triplets, final loss "
         f"{details.get('final_loss', float('nan')):.4f}.\n\nTexts are prefixed with {cfg.train.prefix!r} "
@@ -202,30 +207,65 @@ def triplets_dataset(path: str):
     return ray.data.read_parquet(path)
 
 
-def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
-    import ray
+BASELINE = "non_synthetic"
+
+
+def non_synthetic_triplets(size: int, seed: int) -> pa.Table:
+    """`size` human-made triplets: the bundled cross-lingual NLI pairs (anchor, English entailed / contradicting hypothesis)."""
+    from pipeline.adapters import bundled_pairs
+
+    by_pair: dict[int, dict] = {}
+    for p in bundled_pairs():
+        t = by_pair.setdefault(p["pair"], {"id": f"xnli-{p['pair']}", "lang": "mul", "strategy": BASELINE})
+        t[p["role"]] = p["output"]
+        if p["role"] == "positive":
+            t["anchor"] = p["anchor"]
+    complete = [t for _, t in sorted(by_pair.items()) if {"anchor", "positive", "negative"} <= t.keys()]
+    chosen = random.Random(seed).sample(complete, min(size, len(complete)))
+    return pa.Table.from_pylist(chosen, schema=pa.schema([(c, pa.string()) for c in ("id", "lang", "strategy", "anchor", "positive", "negative")]))
+
+
+def training_sets(cfg: RunConfig, triplets_path: str, data_dir: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({variant: triplet file}, {variant: why it is not trained}): one variant per strategy, plus the baseline.
+
+    The non-synthetic baseline gets as many triplets as the largest synthetic set, so the comparison is per triplet.
+    """
+    table = pq.read_table(triplets_path)
+    if "strategy" not in table.column_names:  # triplets written before strategies existed: all icl
+        table = table.append_column("strategy", pa.array(["icl"] * table.num_rows, pa.string()))
+    os.makedirs(data_dir, exist_ok=True)
+    sets, skipped = {}, {}
+    for strategy in cfg.synthesis.strategies:
+        subset = table.filter(pc.equal(table["strategy"], strategy))
+        if subset.num_rows < 2:
+            skipped[strategy] = (f"{subset.num_rows} triplet(s) after filtering; at least 2 are needed (see "
+                                 "filter/dropped.parquet for why rows were dropped)")
+            continue
+        sets[strategy] = join(data_dir, f"{strategy}.parquet")
+        pq.write_table(subset, sets[strategy])
+    if not sets:
+        raise ValueError(f"train: {triplets_path} holds no strategy with at least 2 triplets ({skipped}). Look at "
+                         "filter/dropped.parquet for why rows were dropped, or raise seeds.max_per_language")
+    if cfg.train.non_synthetic_baseline:
+        size = max(pq.read_metadata(p).num_rows for p in sets.values())
+        sets = {BASELINE: join(data_dir, f"{BASELINE}.parquet"), **sets}
+        pq.write_table(non_synthetic_triplets(size, cfg.seed), sets[BASELINE])
+    return sets, skipped
+
+
+def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str, variant: str) -> tuple[dict, dict]:
+    """One Ray Train run on one triplet file -> (final model state, details)."""
     import torch
     from ray.train import CheckpointConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.models import resolve_model
-
-    triplets = inputs["triplets"]
-    columns = set(pq.read_schema(triplets).names)
-    if not REQUIRED_COLUMNS <= columns:
-        raise ValueError(f"train: {triplets} lacks columns {sorted(REQUIRED_COLUMNS - columns)} (it has {sorted(columns)})")
     rows = pq.read_metadata(triplets).num_rows
-    if rows < 2:
-        raise ValueError(f"train: {triplets} holds {rows} triplet(s); at least 2 are needed. Look at filter/dropped.parquet "
-                         "for why rows were dropped, or raise seeds.max_per_language")
-
-    encoder_path = resolve_model(cfg.train.encoder, cfg.cache_dir)
     steps_per_epoch = math.ceil(rows / cfg.train.batch_size)
     loop_config = {"train": cfg.train.model_dump(mode="json"), "seed": cfg.seed, "encoder_path": encoder_path,
                    "steps_per_epoch": steps_per_epoch}
     # Same triplets + same train config -> same name, so Ray Train resumes an interrupted run.
-    name = f"ray-{cfg.section_hash('train', 'seed')}-{triplets_digest(triplets)}"
+    name = f"ray-{variant}-{cfg.section_hash('train', 'seed')}-{triplets_digest(triplets)}"
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -240,9 +280,28 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
     history = state["history"]  # kept in the checkpoint, so it survives a resumed run
-    details = {"triplets": rows, "final_loss": history[-1]["loss"], "epochs": history,
-               "samples_per_s": history[-1]["samples_per_s"], "encoder": encoder_path}
-    model_path = join(out_dir, "model")
-    export_sentence_transformer(encoder_path, state["model"], cfg, model_path, details)
-    return StageOutput(outputs={"model": model_path}, counts={"triplets": rows, "steps": steps_per_epoch * cfg.train.epochs},
-                       details=details)
+    return state["model"], {"triplets": rows, "steps": steps_per_epoch * cfg.train.epochs, "final_loss": history[-1]["loss"],
+                            "epochs": history, "samples_per_s": history[-1]["samples_per_s"]}
+
+
+def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
+    from pipeline.models import resolve_model
+
+    triplets = inputs["triplets"]
+    columns = set(pq.read_schema(triplets).names)
+    if not REQUIRED_COLUMNS <= columns:
+        raise ValueError(f"train: {triplets} lacks columns {sorted(REQUIRED_COLUMNS - columns)} (it has {sorted(columns)})")
+    encoder_path = resolve_model(cfg.train.encoder, cfg.cache_dir)
+    sets, skipped = training_sets(cfg, triplets, join(out_dir, "data"))
+    models_dir, variants = join(out_dir, "models"), {}
+    for variant, path in sets.items():
+        print(f"[train] {variant}: {pq.read_metadata(path).num_rows} triplets", flush=True)
+        state, details = train_encoder(cfg, encoder_path, path, out_dir, variant)
+        export_sentence_transformer(encoder_path, state, cfg, join(models_dir, variant), {**details, "variant": variant})
+        variants[variant] = details
+    return StageOutput(
+        outputs={"models": models_dir},
+        counts={"models": len(variants), "triplets": sum(v["triplets"] for v in variants.values()),
+                "steps": sum(v["steps"] for v in variants.values())},
+        details={"variants": variants, "skipped": skipped, "encoder": encoder_path},
+    )

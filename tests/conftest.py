@@ -83,6 +83,23 @@ def tiny_encoder(tmp_path_factory, minilm_path) -> str:
     return str(root / "st")
 
 
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory, generator_path) -> str:
+    """A 2-layer, 64-wide Llama with SmolLM2's tokenizer and chat template: adapters train on it in seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_generator")
+    tokenizer = AutoTokenizer.from_pretrained(generator_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return str(root)
+
+
 @pytest.fixture
 def make_config(tmp_path, cache_dir):
     """RunConfig factory: a run directory under tmp_path plus any field overrides (nested dicts)."""

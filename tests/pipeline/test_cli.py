@@ -11,7 +11,28 @@ runner = CliRunner()
 
 def test_every_stage_has_its_command():
     commands = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert set(STAGE_NAMES) | {"run", "serve", "config"} <= commands
+    groups = {g.name for g in app.registered_groups}
+    assert (set(STAGE_NAMES) - {"adapters"}) | {"run", "serve", "config"} <= commands and "adapters" in groups
+    result = runner.invoke(app, ["adapters", "--help"])
+    assert "train" in result.output and "list" in result.output
+
+
+def test_adapters_list_shows_the_registry_or_says_what_to_run(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.adapters import REGISTRY_SCHEMA, registry_row
+
+    result = runner.invoke(app, ["adapters", "list", str(tmp_path)])
+    assert result.exit_code == 2 and "no adapter registry" in result.output and "bootembed adapters train" in result.output
+    (tmp_path / "adapters").mkdir()
+    rows = [registry_row("xllora-positive", "xllora", "xllora", "positive", None, "base", "xllora-positive", "bundled pairs",
+                         {"examples": 240, "steps": 30, "loss_first": 3.25, "loss_last": 1.5, "seconds": 40.0})]
+    pq.write_table(pa.Table.from_pylist(rows, schema=REGISTRY_SCHEMA), tmp_path / "adapters" / "registry.parquet")
+    result = runner.invoke(app, ["adapters", "list", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    line = result.output.splitlines()[1]
+    assert line.split()[:6] == ["xllora-positive", "xllora", "positive", "all", "xllora", "30"] and "3.25 -> 1.50" in line
 
 
 def test_config_prints_every_default_and_applies_overrides():

@@ -67,3 +67,18 @@ def test_section_hash_changes_only_with_its_sections():
     b = validate_config({"languages": ["yor"], "train": {"epochs": 2}})
     assert a.section_hash("seeds", "languages") == b.section_hash("seeds", "languages")
     assert a.section_hash("train") != b.section_hash("train")
+
+
+def test_strategy_rules_name_the_fields_they_combine():
+    base = {"languages": ["yor"]}
+    with pytest.raises(ConfigError, match=r"train adapters on English outputs; they need synthesis.output_language: eng"):
+        validate_config({**base, "synthesis": {"strategies": ["xllora"], "output_language": "same"}})
+    with pytest.raises(ConfigError, match=r"generator.engine is 'openai' but generator.api_base is empty"):
+        validate_config({**base, "generator": {"engine": "openai"}})
+    with pytest.raises(ConfigError, match=r"openai engine cannot load"):
+        validate_config({**base, "generator": {"engine": "openai", "api_base": "http://x/v1"},
+                         "synthesis": {"strategies": ["icl", "composition"]}})
+    with pytest.raises(ConfigError, match=r"synthesis.strategies.0: Input should be 'icl', 'composition' or 'xllora'"):
+        validate_config({**base, "synthesis": {"strategies": ["lora"]}})
+    with pytest.raises(ConfigError, match=r"lists a strategy twice"):
+        validate_config({**base, "synthesis": {"strategies": ["icl", "icl"]}})

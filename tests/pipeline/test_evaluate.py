@@ -113,10 +113,25 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
                                 "dictionaries": {"quc": str(tmp_path / "missing.tsv")}})
     out = tmp_path / "out"
     out.mkdir()
-    result = run(cfg, {"eval": str(tmp_path / "eval.parquet"), "model": tiny_encoder}, str(out))
+    models = tmp_path / "models"
+    models.mkdir()
+    for variant in ("xllora", "non_synthetic"):  # the same weights under two names: column order is what is tested
+        (models / variant).symlink_to(tiny_encoder)
+    cfg.synthesis.strategies = ["icl", "xllora"]
+    manifests = {"synthesize": {"per_strategy": {"icl": {"rows": 10, "ok": 8}, "xllora": {"rows": 10, "ok": 9}}},
+                 "filter": {"kept_per_strategy": {"icl": 1, "xllora": 7},
+                            "drop_reasons_per_strategy": {"icl": {"margin_below_threshold": 6, "duplicate": 1}}},
+                 "train": {"variants": {"xllora": {"triplets": 7, "final_loss": 1.5}, "non_synthetic": {"triplets": 7, "final_loss": 0.5}},
+                           "skipped": {"icl": "1 triplet(s) after filtering"}}}
+    for stage, details in manifests.items():
+        (tmp_path / f"{stage}.json").write_text(json.dumps({"counts": {}, "seconds": 1.0, "details": details}))
+    inputs = {"eval": str(tmp_path / "eval.parquet"), "models": str(models),
+              **{f"{stage}_manifest": str(tmp_path / f"{stage}.json") for stage in manifests}}
+    result = run(cfg, inputs, str(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["languages"] == ["yor", "kha"] and "quc" in metrics["skipped"]
-    for m in ("base", "trained"):
+    assert list(metrics["models"]) == ["base", "non_synthetic", "xllora"], "baselines first, then strategies as configured"
+    for m in ("base", "xllora"):
         per = metrics["models"][m]["per_language"]
         assert set(per) == {"yor", "kha"} and all({"to_eng", "from_eng", "queries"} <= set(v) for v in per.values())
         assert {"to_eng", "from_eng"} <= set(metrics["models"][m]["average"])
@@ -132,7 +147,9 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
             assert all(np.isfinite(avg[k]) for k in task["metrics"])
     report = (out / "report.md").read_text()
     assert "## Topic classification" in report and "| kha | skipped: no labelled texts for kha |" in report
-    assert "base x->eng acc@1" in report and "x->eng MRR@10" in report
+    assert "base x->eng acc@1" in report and "x->eng MRR@10" in report and "non_synthetic x->eng acc@1" in report
+    assert "| icl | 10 | 8 | 1 | - | - | margin_below_threshold 6, duplicate 1 | 1 triplet(s) after filtering |" in report
+    assert "| xllora | 10 | 9 | 7 | 7 | 1.500 |" in report
     assert {"metrics", "report", "plot", "tasks_plot"} <= set(result.outputs)
     assert (out / "tasks.png").stat().st_size > 5_000
 

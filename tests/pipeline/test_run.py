@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import SentenceTransformer
 
@@ -63,23 +64,34 @@ def test_a_bad_seed_file_fails_before_anything_is_written(make_config, tmp_path)
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
-    """seeds -> synthesize (SmolLM2) -> filter -> train (multilingual-e5-small) -> evaluate, then resume."""
+    """seeds -> adapters -> synthesize (SmolLM2, all three strategies) -> filter -> train (multilingual-e5-small, one
+    encoder per strategy + the non-synthetic baseline) -> evaluate, then resume."""
     cfg = make_config(
         languages=["yor", "kha", "quc"],
-        seeds={"max_per_language": 6},
-        generator={"max_new_tokens": 24, "batch_size": 9},
-        synthesis={"num_shots": 1},
-        train={"batch_size": 8, "epochs": 1},
+        seeds={"max_per_language": 4},
+        generator={"max_new_tokens": 24, "batch_size": 12},
+        synthesis={"num_shots": 1, "strategies": ["icl", "composition", "xllora"]},
+        adapters={"steps": 3, "batch_size": 4},
+        filter={"language_check": False},  # 4 anchors a language: keep enough triplets for every strategy to train
+        train={"batch_size": 4, "epochs": 1},
+        evaluate={"bootstrap_samples": 100, "classification_max_test": 100, "classification_max_train": 300, "bli_max_words": 100},
     )
     logs = []
     manifests = run_pipeline(cfg, log=logs.append)
     assert list(manifests) == STAGE_NAMES
-    assert manifests["synthesize"]["counts"]["rows"] == manifests["seeds"]["counts"]["anchors"] == 18
-    assert manifests["filter"]["counts"]["kept"] + manifests["filter"]["counts"]["dropped"] == 18
+    assert manifests["adapters"]["counts"] == {"adapters": 2 + 2 + 4 + 6, "trained": 2 + 2 + 4}
+    assert manifests["seeds"]["counts"]["anchors"] == 12
+    assert manifests["synthesize"]["counts"]["requests"] == 12 * 3 * 2 and manifests["synthesize"]["counts"]["rows"] == 36
+    assert manifests["filter"]["counts"]["kept"] + manifests["filter"]["counts"]["dropped"] == 36
 
     out = lambda stage, name: output_path(cfg, manifests[stage], name)  # noqa: E731
+    answers = pq.read_table(out("synthesize", "answers")).to_pylist()
+    used = {(a["strategy"], a["role"], a["lang"]): a["adapter"] for a in answers}
+    assert used[("icl", "positive", "kha")] == "" and used[("xllora", "negative", "yor")] == "xllora-negative"
+    assert used[("composition", "positive", "quc")] == "composition-positive-quc"
     metrics = json.loads(Path(out("evaluate", "metrics")).read_text())
-    assert set(metrics["models"]) == {"base", "trained"}
+    trained = manifests["train"]["details"]["variants"]
+    assert list(metrics["models"]) == ["base", *trained] and "non_synthetic" in trained and len(trained) >= 2
     for model in metrics["models"].values():
         assert set(model["per_language"]) == {"yor", "kha", "quc"}
         assert all(0.0 <= m["to_eng"] <= 1.0 and m["queries"] > 10 for m in model["per_language"].values())
@@ -87,16 +99,19 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
     base = metrics["models"]["base"]["per_language"]
     assert base["yor"]["to_eng"] > base["quc"]["to_eng"]
     report = Path(out("evaluate", "report")).read_text()
-    assert "| yor |" in report and "base x->eng" in report and "trained x->eng" in report
+    assert "| yor |" in report and "base x->eng" in report and "non_synthetic x->eng" in report
+    assert all(f"| {s} | 12 |" in report for s in ("icl", "composition", "xllora")), "per-strategy counts in the report"
     assert Path(out("evaluate", "plot")).stat().st_size > 10_000
-    assert SentenceTransformer(out("train", "model"), device="cpu").encode(["Ẹ kú àárọ̀"]).shape == (1, 384)
+    for variant in trained:
+        assert SentenceTransformer(f"{out('train', 'models')}/{variant}", device="cpu").encode(["Ẹ kú àárọ̀"]).shape == (1, 384)
 
     logs.clear()
     again = run_pipeline(cfg, log=logs.append)
     assert again == manifests and all("up to date" in line for line in logs)
 
     logs.clear()
-    retrained = run_pipeline(cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-5})}), log=logs.append)
+    changed = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"bootstrap_samples": 50})})
+    rerun_manifests = run_pipeline(changed, log=logs.append)
     rerun = [line.split("]")[0][1:] for line in logs if "running" in line]
-    assert rerun == ["train", "evaluate"]
-    assert retrained["synthesize"] == manifests["synthesize"]
+    assert rerun == ["evaluate"], "only the stage that reads the changed field reruns"
+    assert rerun_manifests["train"] == manifests["train"]

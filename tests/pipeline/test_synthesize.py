@@ -1,3 +1,5 @@
+import json
+
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -67,3 +69,54 @@ def test_stage_rejects_seeds_without_the_columns_it_needs(make_config, tmp_path)
     pq.write_table(pa.table({"sentence": ["x"]}), path)
     with pytest.raises(ValueError, match=r"synthesize: input .*bad.parquet lacks columns \['id', 'lang', 'text'\]"):
         synthesize.run(make_config(), {"train": str(path)}, str(tmp_path / "out"))
+
+
+SEEDS = [{"id": "yor-a", "lang": "yor", "text": "Gbogbo ènìyàn ni a bí ní òmìnira."},
+         {"id": "kha-a", "lang": "kha", "text": "Ki briew baroh ki kha laitluid."}]
+REGISTRY = [{"name": "xllora-positive", "strategy": "xllora", "role": "positive", "lang": None},
+            {"name": "xllora-negative", "strategy": "xllora", "role": "negative", "lang": None},
+            {"name": "composition-positive-yor", "strategy": "composition", "role": "positive", "lang": "yor"}]
+
+
+def test_requests_pick_the_adapter_of_their_strategy_role_and_language(make_config):
+    cfg = make_config(synthesis={"strategies": ["icl", "xllora"], "num_shots": 2})
+    requests = synthesize.plan_requests(SEEDS, cfg, REGISTRY)
+    assert len(requests) == 2 * 2 * 2
+    assert [r["adapter"] for r in requests] == sorted(r["adapter"] for r in requests), "grouped by adapter for the engines"
+    by_key = {(r["id"], r["strategy"], r["role"]): r for r in requests}
+    assert by_key[("kha-a", "xllora", "negative")]["adapter"] == "xllora-negative"
+    assert by_key[("kha-a", "icl", "negative")]["adapter"] == ""
+    icl, adapted = (json.loads(by_key[("yor-a", s, "positive")]["messages"]) for s in ("icl", "xllora"))
+    assert len(icl) == 6 and len(adapted) == 2, "icl carries its shots; an adapter gets the zero-shot prompt it learned"
+    with pytest.raises(ValueError, match="no composition adapter for role negative and language yor"):
+        synthesize.plan_requests(SEEDS, make_config(synthesis={"strategies": ["composition"]}), REGISTRY)
+
+
+def test_answers_become_one_row_per_anchor_and_strategy_and_a_lost_answer_is_named():
+    answer = lambda role, raw, strategy="icl", status=OK: {"id": "a", "lang": "yor", "strategy": strategy, "role": role,  # noqa: E731
+                                                          "adapter": "", "anchor": "x", "raw": raw, "status": status}
+    rows = synthesize.assemble_triplets([answer("positive", "P."), answer("negative", "N."), answer("positive", "Q.", "xllora"),
+                                         answer("negative", None, "xllora", "engine_error:http: boom")])
+    assert [(r["strategy"], r["positive"], r["negative"], r["status"]) for r in rows] == [
+        ("icl", "P.", "N.", OK), ("xllora", "Q.", None, "negative:engine_error:http: boom")]
+    lost = synthesize.assemble_triplets([answer("positive", "P.")])
+    assert lost[0]["status"] == "negative:missing"
+
+
+def test_stage_generates_every_strategy_with_its_adapters(ray_local, make_config, tiny_generator, tmp_path):
+    from pipeline import adapters
+
+    seeds_path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(SEEDS), seeds_path)
+    cfg = make_config(generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4},
+                      synthesis={"strategies": ["icl", "xllora"], "num_shots": 1}, adapters={"steps": 1, "batch_size": 2, "rank": 4})
+    registry = adapters.run(cfg, {"train": str(seeds_path)}, str(tmp_path / "adapters")).outputs["registry"]
+    result = synthesize.run(cfg, {"train": str(seeds_path), "registry": registry}, str(tmp_path / "synth"))
+
+    answers = pq.read_table(result.outputs["answers"]).to_pylist()
+    assert sorted((a["id"], a["strategy"], a["role"]) for a in answers) == sorted(
+        (s["id"], strategy, role) for s in SEEDS for strategy in ("icl", "xllora") for role in ("positive", "negative"))
+    assert {a["adapter"] for a in answers if a["strategy"] == "xllora"} == {"xllora-positive", "xllora-negative"}
+    rows = pq.read_table(result.outputs["generations"]).to_pylist()
+    assert sorted((r["id"], r["strategy"]) for r in rows) == sorted((s["id"], st) for s in SEEDS for st in ("icl", "xllora"))
+    assert result.details["per_strategy"]["xllora"]["rows"] == 2 and result.counts["requests"] == 8

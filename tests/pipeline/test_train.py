@@ -23,7 +23,8 @@ def triplets(tmp_path):
 
 
 def train_config(make_config, encoder, **train_fields):
-    fields = {"encoder": encoder, "batch_size": 8, "epochs": 3, "lr": 1e-3, "cpus_per_worker": 0.5, "max_length": 16}
+    fields = {"encoder": encoder, "batch_size": 8, "epochs": 3, "lr": 1e-3, "cpus_per_worker": 0.5, "max_length": 16,
+              "non_synthetic_baseline": False}
     return make_config(train={**fields, **train_fields})
 
 
@@ -31,9 +32,11 @@ def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_l
     cfg = train_config(make_config, tiny_encoder, num_workers=2)
     result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
 
-    losses = [epoch["loss"] for epoch in result.details["epochs"]]
+    losses = [epoch["loss"] for epoch in result.details["variants"]["icl"]["epochs"]]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
-    model = SentenceTransformer(result.outputs["model"], device="cpu")
+    model_dir = tmp_path / "train" / "models" / "icl"
+    assert result.outputs["models"] == str(tmp_path / "train" / "models")
+    model = SentenceTransformer(str(model_dir), device="cpu")
     base = SentenceTransformer(tiny_encoder, device="cpu")
     texts = ["the river is near", "a river nearby"]
     trained_vecs = model.encode(texts)
@@ -42,9 +45,9 @@ def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_l
     assert not np.allclose(trained_vecs, base.encode(["query: " + t for t in texts], normalize_embeddings=True), atol=1e-3)
     # The prefix is the exported model's default prompt: encode(t) == encode(t, prompt="query: ").
     assert np.allclose(trained_vecs, model.encode(texts, prompt="query: "), atol=1e-6)
-    assert "InfoNCE" in (tmp_path / "train" / "model" / "BOOTEMBED.md").read_text()
+    assert "InfoNCE" in (model_dir / "BOOTEMBED.md").read_text()
     # Trained without a pooler, exported and reloaded without one (no random weights in the folder).
-    assert '"add_pooling_layer": false' in (tmp_path / "train" / "model" / "sentence_bert_config.json").read_text()
+    assert '"add_pooling_layer": false' in (model_dir / "sentence_bert_config.json").read_text()
     assert not any("pooler" in name for name, _ in model[0].auto_model.named_parameters())
 
 
@@ -52,13 +55,31 @@ def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local
     cfg = train_config(make_config, tiny_encoder, epochs=1)
     first = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
     again = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
-    a = SentenceTransformer(first.outputs["model"], device="cpu").encode(["a river nearby"])
-    b = SentenceTransformer(again.outputs["model"], device="cpu").encode(["a river nearby"])
+    a = SentenceTransformer(first.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"])
+    b = SentenceTransformer(again.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"])
     assert np.allclose(a, b, atol=1e-6)
 
 
 def test_too_few_triplets_is_a_clear_error(make_config, tiny_encoder, tmp_path):
     path = tmp_path / "one.parquet"
     pq.write_table(pa.table({"anchor": ["a"], "positive": ["b"], "negative": ["c"]}), path)
-    with pytest.raises(ValueError, match=r"holds 1 triplet\(s\); at least 2 are needed.*filter/dropped.parquet"):
+    with pytest.raises(ValueError, match=r"holds no strategy with at least 2 triplets.*icl.*1 triplet\(s\).*filter/dropped.parquet"):
         train.run(train_config(make_config, tiny_encoder), {"triplets": str(path)}, str(tmp_path / "train"))
+
+
+def test_each_strategy_gets_its_own_set_and_the_baseline_matches_the_largest(make_config, tiny_encoder, tmp_path):
+    rows = [{"id": str(i), "lang": "yor", "strategy": s, "anchor": f"a{i}", "positive": f"p{i}", "negative": f"n{i}"}
+            for i, s in enumerate(["icl"] * 5 + ["xllora"] * 9 + ["composition"])]
+    path = tmp_path / "triplets.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    cfg = train_config(make_config, tiny_encoder, non_synthetic_baseline=True)
+    cfg.synthesis.strategies = ["icl", "composition", "xllora"]
+    sets, skipped = train.training_sets(cfg, str(path), str(tmp_path / "data"))
+
+    assert list(sets) == ["non_synthetic", "icl", "xllora"]
+    assert set(pq.read_table(sets["xllora"]).column("strategy").to_pylist()) == {"xllora"}
+    assert pq.read_metadata(sets["icl"]).num_rows == 5
+    baseline = pq.read_table(sets["non_synthetic"]).to_pylist()
+    assert len(baseline) == 9 and len({t["anchor"] for t in baseline}) == 9, "as many human-made triplets as the largest set"
+    assert all(t["positive"] and t["negative"] and t["positive"] != t["negative"] for t in baseline)
+    assert "composition" in skipped and "1 triplet(s)" in skipped["composition"]

@@ -437,14 +437,18 @@ def test_models_of_run(tmp_path, tiny_encoder):
     with pytest.raises(FileNotFoundError) as caught:
         models_of_run(str(empty))
     message = str(caught.value)
-    assert str(empty) in message and "train/model" in message and "modules.json" in message
+    assert str(empty) in message and "train/models" in message and "modules.json" in message
     assert "bootembed run" in message
 
     with pytest.raises(FileNotFoundError, match="no such directory"):
         models_of_run(str(tmp_path / "missing"))
 
     run = tmp_path / "yor-run"
-    (run / "train").mkdir(parents=True)
-    (run / "train" / "model").symlink_to(tiny_encoder)
-    assert models_of_run(str(run) + "/") == {"yor-run": str(run / "train" / "model")}
+    models = run / "train" / "models"
+    models.mkdir(parents=True)
+    (models / "icl").symlink_to(tiny_encoder)
+    (models / "non_synthetic").symlink_to(tiny_encoder)
+    assert models_of_run(str(run) + "/") == {"yor-run": str(models / "icl")}, "one strategy: named after the run"
+    (models / "xllora").symlink_to(tiny_encoder)
+    assert models_of_run(str(run)) == {"yor-run-icl": str(models / "icl"), "yor-run-xllora": str(models / "xllora")}
     assert models_of_run(tiny_encoder) == {"st": tiny_encoder}

@@ -1,0 +1,238 @@
+"""Generation engines behind one interface: a Ray Dataset of requests in, the same rows with answers out.
+
+A request row: id, lang, strategy, role, adapter (a registry name, or empty for the base model),
+anchor, messages (chat, JSON). Every engine adds `raw` (the generated text, or None) and
+`status` ("ok", or why there is no answer) and keeps the other columns.
+
+    hf      transformers + peft in a Ray Data actor pool; rows arrive grouped by adapter and each
+            group is generated with its adapter switched on (LRU of loaded adapters).
+    vllm    Ray's ray.data.llm vLLM processor; the adapter is chosen per row (dynamic LoRA
+            loading from the run's adapters folder).
+    openai  ray.data.llm's HTTP processor against any OpenAI-compatible /chat/completions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections import OrderedDict
+
+OK = "ok"
+REQUEST_COLUMNS = ("id", "lang", "strategy", "role", "adapter", "anchor", "messages")
+KEPT_COLUMNS = REQUEST_COLUMNS[:-1]  # an answer row: these + raw + status (the prompt is rebuilt on demand)
+STOP = ["\n"]  # one sentence is asked for: a new line ends the answer
+
+
+# ---------------------------------------------------------------- hf: transformers + peft
+
+class HFGenerator:
+    """A Ray Data actor: causal LM, batched, left-padded, greedy by default, one adapter per group of rows."""
+
+    def __init__(self, model_path: str, generator: dict, adapters: dict[str, str]):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(generator["torch_threads"] or max(1, math.ceil(generator["cpus_per_actor"])))
+        self.torch = torch
+        self.gen = generator
+        self.adapter_paths = adapters
+        self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.peft = None  # a PeftModel around self.model once the first adapter is loaded
+
+    def use_adapter(self, name: str | None):
+        """A context in which generation uses adapter `name` (None = the base model)."""
+        if not name:
+            return self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+        if name not in self.adapter_paths:
+            raise KeyError(f"adapter {name!r} is not in the registry")
+        if self.peft is None:
+            from peft import PeftModel
+
+            self.peft = PeftModel.from_pretrained(self.model, self.adapter_paths[name], adapter_name=name).eval()
+        elif name not in self.loaded:
+            self.peft.load_adapter(self.adapter_paths[name], adapter_name=name)
+        self.peft.set_adapter(name)
+        self.loaded[name] = None
+        self.loaded.move_to_end(name)
+        while len(self.loaded) > self.gen["max_loras"]:  # thousands of languages: keep memory bounded
+            oldest, _ = self.loaded.popitem(last=False)
+            self.peft.delete_adapter(oldest)
+        return contextlib.nullcontext()
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sample = self.gen["temperature"] > 0
+        model = self.peft if self.peft is not None else self.model
+        with self.torch.no_grad():
+            out = model.generate(
+                **enc, max_new_tokens=self.gen["max_new_tokens"], do_sample=sample,
+                temperature=self.gen["temperature"] if sample else None, top_p=None, top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id, stop_strings=STOP, tokenizer=self.tokenizer,
+            )
+        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def generate_safely(self, prompts: list[str]) -> list[tuple[str | None, str]]:
+        """(raw answer, "ok") per prompt; an engine error costs only the prompts it hit."""
+        results: list[tuple[str | None, str]] = [(None, "")] * len(prompts)
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        todo = []
+        for i, n in enumerate(lengths):
+            if n > self.gen["max_prompt_tokens"]:
+                results[i] = (None, "prompt_too_long")
+            else:
+                todo.append(i)
+        todo.sort(key=lambda i: lengths[i])  # similar lengths batch together: less padding to compute
+        for start in range(0, len(todo), self.gen["batch_size"]):
+            chunk = todo[start:start + self.gen["batch_size"]]
+            try:
+                for i, a in zip(chunk, self.generate([prompts[i] for i in chunk])):
+                    results[i] = (a, OK)
+            except Exception:  # noqa: BLE001 - retry one by one to isolate the failing prompt
+                for i in chunk:
+                    try:
+                        results[i] = (self.generate([prompts[i]])[0], OK)
+                    except Exception as err:  # noqa: BLE001
+                        results[i] = (None, engine_error(err))
+        return results
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(str(row["adapter"] or ""), []).append(i)
+        raw: list[str | None] = [None] * len(rows)
+        status = [""] * len(rows)
+        for adapter, members in groups.items():
+            try:
+                context = self.use_adapter(adapter or None)
+            except Exception as err:  # noqa: BLE001 - a broken adapter costs its rows, not the run
+                for i in members:
+                    status[i] = engine_error(err)
+                continue
+            with context:
+                prompts = [self.tokenizer.apply_chat_template(json.loads(rows[i]["messages"]), tokenize=False,
+                                                              add_generation_prompt=True) for i in members]
+                for i, (text, st) in zip(members, self.generate_safely(prompts)):
+                    raw[i], status[i] = text, st
+        return {**{c: [r[c] for r in rows] for c in KEPT_COLUMNS}, "raw": raw, "status": status}
+
+
+def engine_error(err: Exception) -> str:
+    return f"engine_error:{type(err).__name__}: {str(err)[:160]}"
+
+
+def generate_hf(ds, generator: dict, model_path: str, adapters: dict[str, str]):
+    import ray
+
+    return ds.map_batches(
+        HFGenerator,
+        fn_constructor_kwargs={"model_path": model_path, "generator": generator, "adapters": adapters},
+        batch_size=generator["batch_size"],
+        compute=ray.data.ActorPoolStrategy(size=generator["num_actors"]),
+        num_cpus=generator["cpus_per_actor"],
+        batch_format="numpy",
+    )
+
+
+# ---------------------------------------------------------------- openai: any OpenAI-compatible endpoint
+
+def check_endpoint(api_base: str, api_key: str | None, model: str) -> None:
+    """Fail before any work is scheduled when the endpoint is unreachable or does not serve `model`."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(api_base.rstrip("/") + "/models",
+                                     headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            served = [m.get("id") for m in json.load(response).get("data", [])]
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise ConnectionError(f"generator.api_base {api_base}: cannot list its models ({err}); is the server running?") from None
+    if served and model not in served:
+        raise ValueError(f"generator.model {model!r} is not served by {api_base} (it serves {served})")
+
+
+def openai_payload(row: dict, generator: dict) -> dict:
+    payload = {"model": generator["model"], "messages": json.loads(row["messages"]),
+               "max_tokens": generator["max_new_tokens"], "temperature": generator["temperature"], "stop": STOP}
+    return {**{c: row[c] for c in REQUEST_COLUMNS}, "payload": payload}
+
+
+def openai_answer(row: dict) -> dict:
+    """The answer of one /chat/completions response, or the endpoint's own error as the row's status."""
+    response = row.get("http_response") or {}
+    out = {c: row[c] for c in KEPT_COLUMNS}
+    try:
+        return {**out, "raw": response["choices"][0]["message"]["content"] or "", "status": OK}
+    except (KeyError, IndexError, TypeError):
+        error = response.get("error") if isinstance(response, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error or response
+        return {**out, "raw": None, "status": f"engine_error:http: {str(message)[:160]}"}
+
+
+def generate_openai(ds, generator: dict):
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    key = os.environ.get(generator["api_key_env"])
+    check_endpoint(generator["api_base"], key, generator["model"])
+    config = HttpRequestProcessorConfig(
+        url=generator["api_base"].rstrip("/") + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}"} if key else None,
+        qps=math.ceil(generator["max_requests_per_s"]) if generator["max_requests_per_s"] else None,
+        max_retries=generator["max_retries"],
+        batch_size=generator["batch_size"],
+        concurrency=generator["concurrency"],
+    )
+    processor = build_processor(config, preprocess=lambda row: openai_payload(row, generator), postprocess=openai_answer)
+    return processor(ds)
+
+
+# ---------------------------------------------------------------- vllm: ray.data.llm's vLLM processor
+
+def vllm_request(row: dict, generator: dict, model_path: str) -> dict:
+    sampling = {"max_tokens": generator["max_new_tokens"], "temperature": generator["temperature"], "stop": STOP}
+    request = {**{c: row[c] for c in REQUEST_COLUMNS}, "sampling_params": sampling}
+    # A row names its LoRA in `model`; the base model's own path means no adapter.
+    return {**request, "model": row["adapter"] or model_path}
+
+
+def vllm_answer(row: dict) -> dict:
+    out = {c: row[c] for c in KEPT_COLUMNS}
+    error = row.get("__inference_error__") or ""
+    if error:
+        return {**out, "raw": None, "status": f"engine_error:vllm: {str(error)[:160]}"}
+    return {**out, "raw": row.get("generated_text") or "", "status": OK}
+
+
+def generate_vllm(ds, generator: dict, model_path: str, adapters_dir: str | None, on_gpu: bool, max_lora_rank: int):
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    engine_kwargs = {"max_model_len": generator["max_model_len"], "tensor_parallel_size": generator["tensor_parallel_size"],
+                     "enable_lora": adapters_dir is not None, "enforce_eager": not on_gpu}
+    if adapters_dir:
+        engine_kwargs.update(max_loras=generator["max_loras"], max_lora_rank=max_lora_rank,
+                             max_cpu_loras=max(generator["max_loras"], 4 * generator["max_loras"]))
+    config = vLLMEngineProcessorConfig(
+        model_source=model_path,
+        engine_kwargs=engine_kwargs,
+        dynamic_lora_loading_path=adapters_dir,
+        batch_size=generator["batch_size"],
+        concurrency=generator["num_actors"],
+        apply_chat_template=True,
+        tokenize=True,
+        detokenize=True,
+        should_continue_on_error=True,
+        **({} if on_gpu else {"resources_per_bundle": {"CPU": generator["cpus_per_actor"]}}),
+    )
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {**vllm_request(row, generator, model_path), "messages": json.loads(row["messages"])},
+        postprocess=vllm_answer,
+    )
+    return processor(ds)
