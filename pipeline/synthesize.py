@@ -12,7 +12,7 @@ never fails the job. answers/ keeps every raw answer; generations.parquet has on
 from __future__ import annotations
 
 import json
-import os
+import math
 import random
 import re
 from functools import lru_cache
@@ -166,20 +166,21 @@ def count_reasons(statuses: list[str]) -> dict[str, int]:
     return dict(sorted(reasons.items()))
 
 
-def generate(cfg: RunConfig, requests, model_path: str, registry: list[dict], adapters_dir: str | None):
+def generate(cfg: RunConfig, requests, model_path: str, registry: list[dict]):
     """The configured engine over a Ray Dataset of requests."""
     from pipeline import engines
 
     generator = cfg.generator.model_dump(mode="json")
+    adapter_paths = {r["name"]: r["path"] for r in registry}
     if cfg.generator.engine == "openai":
         return engines.generate_openai(requests, generator)
     if cfg.generator.engine == "vllm":
         import ray
 
-        rank = max([cfg.adapters.rank, *[adapter_rank(r["path"]) for r in registry]]) if registry else cfg.adapters.rank
-        return engines.generate_vllm(requests, generator, model_path, adapters_dir if registry else None,
+        rank = max([cfg.adapters.rank, *[adapter_rank(p) for p in adapter_paths.values()]])
+        return engines.generate_vllm(requests, generator, model_path, adapter_paths,
                                      on_gpu=ray.cluster_resources().get("GPU", 0) > 0, max_lora_rank=rank)
-    return engines.generate_hf(requests, generator, model_path, {r["name"]: r["path"] for r in registry})
+    return engines.generate_hf(requests, generator, model_path, adapter_paths)
 
 
 def adapter_rank(path: str) -> int:
@@ -202,11 +203,14 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     answers_dir = join(out_dir, "answers")
 
     # Several blocks, so every actor gets work and progress is visible; in order, so batches share an adapter.
-    blocks = max(cfg.generator.num_actors * 4, len(requests) // (cfg.generator.batch_size * 4) or 1)
-    ds = ray.data.from_arrow(pa.Table.from_pylist(requests)).repartition(blocks)
+    # Sliced here rather than by a Ray repartition, whose 1-CPU tasks can wait forever behind an engine actor and
+    # its helper stages on a 2-CPU machine.
+    table = pa.Table.from_pylist(requests)
+    size = max(1, math.ceil(table.num_rows / max(cfg.generator.num_actors * 4, table.num_rows // (cfg.generator.batch_size * 4) or 1)))
+    ds = ray.data.from_arrow([table.slice(start, size) for start in range(0, table.num_rows, size)] or [table])
     reset_dir(answers_dir)  # files of an interrupted earlier attempt would duplicate rows
-    adapters_dir = os.path.dirname(inputs["registry"]) if inputs.get("registry") else None
-    generate(cfg, ds, model_path, registry, adapters_dir).write_parquet(answers_dir)
+    # Writing a few strings needs little CPU; a whole one per write task could stall behind the engine.
+    generate(cfg, ds, model_path, registry).write_parquet(answers_dir, ray_remote_args={"num_cpus": 0.1})
 
     answers = pads.dataset(answers_dir, format="parquet").to_table().to_pylist()
     rows = assemble_triplets(answers)

@@ -274,17 +274,25 @@ def api_key_from_env(name: str | None) -> str | None:
 
 
 def models_of_run(run_dir: str) -> dict[str, str]:
-    """{name: folder} of the encoder a run trained; the name is the run directory's name."""
+    """{name: folder} of the encoders a run trained, or of one sentence-transformers folder.
+
+    One synthesis strategy: the encoder is named after the run directory. Several: `<run>-<strategy>` each.
+    The non-synthetic baseline is a yardstick, not a product, and is not served.
+    """
     root = os.path.abspath(os.path.expanduser(run_dir))
     name = os.path.basename(root)
-    trained = os.path.join(root, "train", "model")
-    if os.path.isfile(os.path.join(trained, "modules.json")):
-        return {name: trained}
     if os.path.isfile(os.path.join(root, "modules.json")):
         return {name: root}
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{run_dir}: no such directory (expected a run directory or a sentence-transformers folder)")
+    models_dir = os.path.join(root, "train", "models")
+    trained = sorted(v for v in (os.listdir(models_dir) if os.path.isdir(models_dir) else [])
+                     if v != "non_synthetic" and os.path.isfile(os.path.join(models_dir, v, "modules.json")))
+    if len(trained) == 1:
+        return {name: os.path.join(models_dir, trained[0])}
+    if trained:
+        return {f"{name}-{v}": os.path.join(models_dir, v) for v in trained}
     raise FileNotFoundError(
-        f"{run_dir}: neither a run directory with a trained model ({trained}/modules.json is missing) nor a "
+        f"{run_dir}: neither a run directory with a trained model (nothing in {models_dir}/*/modules.json) nor a "
         "sentence-transformers folder (no modules.json); train one with `bootembed run CONFIG` first"
     )

