@@ -209,6 +209,67 @@ def probe_scores(x_train: np.ndarray | None, y_train: list, x_test: np.ndarray, 
 
 # ---------------------------------------------------------------- summaries
 
+# ---------------------------------------------------------------- STS: scored sentence pairs
+
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+
+
+def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(sentences 1, sentences 2, gold scores) from a csv / tsv / jsonl file; bad rows are named by line."""
+    import csv
+    import json
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise Skipped(f"STS file {path} does not exist")
+    if p.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append((n, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    elif p.suffix in (".csv", ".tsv"):
+        with p.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ",")
+            missing = [c for c in STS_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: no column {', '.join(missing)} (needs {', '.join(STS_COLUMNS)})")
+            records = [(n, r) for n, r in enumerate(reader, 2)]
+    else:
+        raise ValueError(f"{path}: STS files are .csv, .tsv or .jsonl with columns {', '.join(STS_COLUMNS)}")
+    s1, s2, gold = [], [], []
+    for n, r in records:
+        if not str(r.get("sentence1") or "").strip() or not str(r.get("sentence2") or "").strip():
+            raise ValueError(f"{path}:{n}: sentence1 and sentence2 must both be non-empty")
+        try:
+            score = float(r.get("score"))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{n}: score {r.get('score')!r} is not a number") from None
+        if not np.isfinite(score):
+            raise ValueError(f"{path}:{n}: score {r.get('score')!r} is not a finite number")
+        s1.append(str(r["sentence1"]))
+        s2.append(str(r["sentence2"]))
+        gold.append(score)
+    return s1, s2, np.array(gold)
+
+
+def sts_scores(vecs1: np.ndarray, vecs2: np.ndarray, gold: np.ndarray) -> dict:
+    """Spearman (the paper's and MTEB's STS measure) and Pearson correlation of cosine similarity with the gold scores."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(gold) < 3:
+        raise Skipped(f"only {len(gold)} scored pair(s); a correlation needs at least 3")
+    if np.ptp(gold) == 0:
+        raise Skipped("every gold score is the same: a correlation is undefined")
+    cos = (_normalise(vecs1) * _normalise(vecs2)).sum(1)
+    if np.ptp(cos) == 0:
+        return {"spearman": 0.0, "pearson": 0.0, "n": len(gold)}  # the model cannot tell the pairs apart
+    return {"spearman": float(spearmanr(cos, gold).statistic), "pearson": float(pearsonr(cos, gold).statistic), "n": len(gold)}
+
+
 def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], metrics: dict[str, str], primary: str,
               models: list[str], samples: int, level: float = 0.95, seed: int = 0, extra: dict | None = None) -> dict:
     """Task result from per-item vectors.
@@ -229,7 +290,7 @@ def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], met
             item = per_item[lang][m]
             scores = {name: float(item[key[1:]]) if key.startswith("=") else float(np.mean(item[key]))
                       for name, key in metrics.items()}
-            scores["n"] = int(len(item[metrics[primary]]))
+            scores["n"] = int(item["n"]) if "n" in item else int(len(item[metrics[primary]]))
             scores["ci"] = {name: bootstrap_mean_ci([item[key]], samples, level, seed) for name, key in vectors.items()}
             if m != models[0]:
                 scores["delta_ci"] = {name: bootstrap_delta_ci([item[key]], [per_item[lang][models[0]][key]], samples, level, seed)

@@ -87,6 +87,63 @@ def adapters_list(
     typer.echo(format_registry(read_registry(str(registry))))
 
 
+def resolve_eval_models(refs: list[str], cache_dir: str) -> dict[str, str]:
+    """`NAME=REF` or `REF` -> {name: model}; REF = bundled:<name>, a run directory (every encoder it trained),
+    a sentence-transformers folder, or a hub id (downloaded by sentence-transformers)."""
+    from pipeline.models import resolve_model
+    from serve.app import models_of_run
+
+    models: dict[str, str] = {}
+    for text in refs:
+        name, _, ref = text.rpartition("=")
+        if ref.startswith("bundled:"):
+            found = {name or ref.split(":", 1)[1]: resolve_model(ref, cache_dir)}
+        elif Path(ref).expanduser().is_dir():
+            found = models_of_run(ref)
+            if name:
+                found = {name if len(found) == 1 else f"{name}-{k}": v for k, v in found.items()}
+        elif "/" in ref and not ref.startswith((".", "/", "~")):
+            found = {name or ref.rsplit("/", 1)[1]: ref}  # a hub id
+        else:
+            raise FileNotFoundError(f"--model {text}: {ref} is not a folder, a bundled:<name> model or a hub id (owner/name)")
+        for key in found.keys() & models.keys():
+            raise ValueError(f"--model {text}: the name {key!r} is taken twice; name them: --model NAME=REF")
+        models.update(found)
+    return models
+
+
+@app.command(name="eval")
+def eval_models(
+    config: ConfigArg,
+    model: Annotated[list[str], typer.Option("--model", help="NAME=REF or REF: bundled:<name>, a run directory, a "
+                                             "sentence-transformers folder or a hub id (repeatable).")],
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: RUN_DIR/eval).")] = None,
+    base: Annotated[bool, typer.Option(help="Put the config's base encoder (train.encoder) first, as the deltas' reference.")] = True,
+    set: SetOpt = None,
+) -> None:
+    """Evaluate any encoders on the config's languages and tasks, side by side in one report."""
+    from pipeline import evaluate
+    from pipeline.models import resolve_model
+    from pipeline.run import run_root
+
+    cfg = load(config, set)
+    try:
+        models = ({"base": resolve_model(cfg.train.encoder, cfg.cache_dir)} if base else {}) | \
+            resolve_eval_models(model, cfg.cache_dir)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    seeds = run_stages(cfg, ["seeds"], False)["seeds"]  # the held-out evaluation text
+    out_dir = str(out or Path(run_root(cfg)) / "eval")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        result = evaluate.evaluate_models(cfg, models, {"eval": output_path(cfg, seeds, "eval")}, out_dir)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    for name, avg in result.details["average"].items():
+        typer.echo(f"  {name:14s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
+    typer.echo(f"Report:  {result.outputs['report']}")
+
+
 @app.command()
 def config(config: ConfigArg, set: SetOpt = None) -> None:
     """Validate a config and print it with every default filled in."""

@@ -159,9 +159,14 @@ class TrainConfig(_Section):
 class EvaluateConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Texts encoded together during evaluation.")
     plot: bool = Field(True, description="Draw PNG plots beside report.md.")
-    tasks: list[Literal["bli", "classification"]] = Field(
+    tasks: list[Literal["bli", "classification", "sts"]] = Field(
         default_factory=lambda: ["bli", "classification"],
-        description="Tasks run beside bitext retrieval (always on): bilingual lexicon induction, topic classification.")
+        description="Tasks run beside bitext retrieval (always on): bilingual lexicon induction, topic classification, "
+                    "STS (runs by itself whenever evaluate.sts names files).")
+    sts: dict[str, str] = Field(
+        default_factory=dict,
+        description="STS pairs per language: lang -> a csv / tsv / jsonl file with sentence1, sentence2, score (e.g. "
+                    "SemRel 2024); scored by Spearman correlation of cosine similarity with the gold scores.")
     bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals; 0 turns intervals off.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap confidence intervals.")
     dictionaries: dict[str, str] = Field(

@@ -73,6 +73,7 @@ def bitext_scores(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
 RETRIEVAL_METRICS = {"x->eng acc@1": "hit1_to", "eng->x acc@1": "hit1_from", "x->eng MRR@10": "rr_to", "eng->x MRR@10": "rr_from"}
 BLI_METRICS = {"P@1": "hit1", "P@5": "hit5"}
 CLASSIFICATION_METRICS = {"accuracy": "correct", "macro-F1": "=macro_f1"}
+STS_METRICS = {"Spearman": "=spearman", "Pearson": "=pearson"}
 TASK_DESCRIPTIONS = {
     "retrieval": "Bitext retrieval on held-out UDHR paragraphs: a query paragraph retrieves its translation among every "
                  "paragraph of the other language (cosine). `x->eng` retrieves the English translation of a "
@@ -85,15 +86,31 @@ TASK_DESCRIPTIONS = {
                       "trained on English CLDR emoji short names labelled by emoji group (8 topics: smileys, people, "
                       "animals & nature, food, travel & places, activities, objects, symbols) and tested on the "
                       "target-language short names. n = test texts.",
+    "sts": "Semantic textual similarity (the paper's measure, as in SemRel 2024 / MTEB STS): Spearman and Pearson "
+           "correlation between the cosine similarity of each scored sentence pair and its gold score (your files in "
+           "evaluate.sts). n = pairs; a correlation has no per-item bootstrap interval.",
 }
-TASK_TITLES = {"retrieval": "Bitext retrieval", "bli": "Bilingual lexicon induction", "classification": "Topic classification"}
+TASK_TITLES = {"retrieval": "Bitext retrieval", "bli": "Bilingual lexicon induction", "classification": "Topic classification",
+               "sts": "Semantic textual similarity"}
+
+
+def active_tasks(cfg: RunConfig) -> list[str]:
+    """The configured tasks beside retrieval; STS also runs whenever STS files are given."""
+    return [*cfg.evaluate.tasks, *(["sts"] if cfg.evaluate.sts and "sts" not in cfg.evaluate.tasks else [])]
 
 
 def prepare_tasks(cfg: RunConfig, langs: list[str]) -> tuple[dict, dict]:
     """Model-independent task data: (task -> lang -> data, task -> lang -> skipped reason)."""
-    data: dict[str, dict] = {t: {} for t in cfg.evaluate.tasks}
-    skipped: dict[str, dict] = {t: {} for t in cfg.evaluate.tasks}
+    data: dict[str, dict] = {t: {} for t in active_tasks(cfg)}
+    skipped: dict[str, dict] = {t: {} for t in active_tasks(cfg)}
     for lang in langs:
+        if "sts" in data:
+            try:
+                if lang not in cfg.evaluate.sts:
+                    raise tasks.Skipped(f"no STS file for {lang} (evaluate.sts: {{{lang}: pairs.tsv}})")
+                data["sts"][lang] = tasks.read_sts(cfg.evaluate.sts[lang])
+            except tasks.Skipped as e:
+                skipped["sts"][lang] = str(e)
         if "bli" in data:
             try:
                 pairs, source = tasks.load_dictionary(lang, cfg.evaluate.dictionaries, cfg.evaluate.bli_cldr_fallback)
@@ -145,7 +162,8 @@ def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig
         return tasks.probe_scores(None, d[1], encode(d[2]), d[3], clf=probes[key])
 
     for task, fn in (("bli", lambda d: tasks.bli_scores(encode(d[0]), encode(d[1]), d[1], d[2])),
-                     ("classification", classify)):
+                     ("classification", classify),
+                     ("sts", lambda d: tasks.sts_scores(encode(d[0]), encode(d[1]), d[2]))):
         for lang, d in (task_data or {}).get(task, {}).items():
             try:
                 items.setdefault(task, {})[lang] = fn(d)
@@ -158,17 +176,17 @@ def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped
     """metrics["tasks"]: every task with per-language scores, averages and bootstrap intervals."""
     models = list(results)
     ev = cfg.evaluate
-    specs = {"retrieval": RETRIEVAL_METRICS, "bli": BLI_METRICS, "classification": CLASSIFICATION_METRICS}
-    primaries = {"retrieval": "x->eng acc@1", "bli": "P@1", "classification": "accuracy"}
+    specs = {"retrieval": RETRIEVAL_METRICS, "bli": BLI_METRICS, "classification": CLASSIFICATION_METRICS, "sts": STS_METRICS}
+    primaries = {"retrieval": "x->eng acc@1", "bli": "P@1", "classification": "accuracy", "sts": "Spearman"}
     out = {}
-    for task in ["retrieval", *ev.tasks]:
+    for task in ["retrieval", *active_tasks(cfg)]:
         skipped = {**(skipped_langs if task == "retrieval" else {}), **task_skipped.get(task, {})}
         for m in models:
             skipped.update(results[m]["_skipped"].get(task, {}))
         primary_key = specs[task][primaries[task]]
         for lang in cfg.languages:  # an empty item set would put NaN into the average
-            if lang not in skipped and any(len(results[m]["_items"].get(task, {}).get(lang, {}).get(primary_key, [1])) == 0
-                                           for m in models):
+            if lang not in skipped and not primary_key.startswith("=") and any(
+                    len(results[m]["_items"].get(task, {}).get(lang, {}).get(primary_key, [1])) == 0 for m in models):
                 skipped[lang] = "no items to evaluate (no held-out unit aligned with English)" if task == "retrieval" \
                     else "no items to evaluate"
         langs = [lang for lang in cfg.languages if lang not in skipped
@@ -377,6 +395,8 @@ def strategy_summary(inputs: dict[str, str], strategies: list[str]) -> list[dict
     rows = []
     from pipeline.train import BASELINE
 
+    if not manifests:  # `bootembed eval` of given models: no run produced them
+        return rows
     for strategy in [*strategies, *([BASELINE] if BASELINE in train.get("variants", {}) else [])]:
         generated = synth.get("per_strategy", {}).get(strategy, {})
         reasons = Counter(filt.get("drop_reasons_per_strategy", {}).get(strategy, {}))
@@ -403,9 +423,18 @@ def trained_models(models_dir: str, cfg: RunConfig) -> dict[str, str]:
 
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
-    import torch
-
     from pipeline.models import resolve_model
+
+    models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), **trained_models(inputs["models"], cfg)}
+    return evaluate_models(cfg, models, inputs, out_dir)
+
+
+def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, str], out_dir: str) -> StageOutput:
+    """Every model on every task, side by side in one report; the first model is the one deltas refer to.
+
+    inputs: "eval" (the seeds stage's eval.parquet) and, for the report's data section, upstream manifests.
+    """
+    import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     columns = set(pq.read_schema(inputs["eval"]).names)
@@ -415,7 +444,6 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     present = {r["lang"] for r in rows}
     langs = [lang for lang in cfg.languages if lang in present]
     skipped = {lang: "no held-out UDHR text for this language" for lang in cfg.languages if lang not in present}
-    models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), **trained_models(inputs["models"], cfg)}
     task_data, task_skipped = prepare_tasks(cfg, cfg.languages)  # these tasks need no UDHR text
     results = {name: evaluate_model(path, rows, langs, cfg, task_data) for name, path in models.items()} if langs else {}
     metrics = {

@@ -59,3 +59,18 @@ def test_serve_refuses_a_folder_without_a_model(tmp_path):
     result = runner.invoke(app, ["serve", str(tmp_path)])
     assert result.exit_code == 2
     assert "neither a run directory with a trained model" in result.output
+
+
+def test_eval_puts_any_models_side_by_side(tmp_path, tiny_encoder, minilm_path):
+    out = tmp_path / "report"
+    args = ["eval", str(REPO / "configs" / "demo.yaml"), "--set", f"run_dir={tmp_path / 'run'}", "--set", "languages=[yor]",
+            "--set", "evaluate.tasks=[]", "--set", "evaluate.bootstrap_samples=20", "--no-base",
+            "--model", f"tiny={tiny_encoder}", "--model", f"minilm={minilm_path}", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "| language | tiny x->eng acc@1 | minilm x->eng acc@1 | Δ minilm | n |" in report
+    assert "Training data per strategy" not in report, "no run trained these models"
+
+    result = runner.invoke(app, ["eval", str(REPO / "configs" / "demo.yaml"), "--model", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "is not a folder, a bundled:<name> model or a hub id" in result.output

@@ -98,3 +98,56 @@ def test_summarise_averages_languages_and_marks_skips():
     assert lo <= 0.125 <= hi
     assert out["per_language"]["swh"]["trained"]["delta_ci"]["P@1"] == [0.0, 0.0]
     assert "delta_ci" not in out["per_language"]["swh"]["base"]
+
+
+# --- STS -----------------------------------------------------------------------------------------
+
+
+def test_sts_correlation_is_one_when_cosine_orders_pairs_like_the_gold_scores():
+    base = np.eye(4)
+    angles = np.array([0.1, 0.5, 0.9, 1.3])  # pair i: a vector rotated by angles[i] from base[0]
+    v1 = np.tile(base[0], (4, 1))
+    v2 = np.stack([np.cos(a) * base[0] + np.sin(a) * base[1] for a in angles])
+    assert t.sts_scores(v1, v2, np.array([5.0, 3.0, 2.0, 0.0]))["spearman"] == pytest.approx(1.0)
+    assert t.sts_scores(v1, v2, np.array([0.0, 2.0, 3.0, 5.0]))["spearman"] == pytest.approx(-1.0)
+    with pytest.raises(t.Skipped, match="every gold score is the same"):
+        t.sts_scores(v1, v2, np.array([1.0, 1.0, 1.0, 1.0]))
+
+
+def test_sts_files_are_read_and_bad_scores_named_by_line(tmp_path):
+    good = tmp_path / "sts.tsv"
+    good.write_text("sentence1\tsentence2\tscore\nA cat.\tA kitten.\t4.5\nA cat.\tA car.\t0.5\n")
+    s1, s2, gold = t.read_sts(str(good))
+    assert s1 == ["A cat.", "A cat."] and s2 == ["A kitten.", "A car."] and gold.tolist() == [4.5, 0.5]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence1,sentence2,score\nA,B,1\nC,D,high\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: score 'high' is not a number"):
+        t.read_sts(str(bad))
+    wrong = tmp_path / "wrong.tsv"
+    wrong.write_text("text_a\ttext_b\tlabel\nA\tB\t1\n")
+    with pytest.raises(ValueError, match=r"wrong.tsv: no column sentence1, sentence2, score"):
+        t.read_sts(str(wrong))
+    jsonl = tmp_path / "sts.jsonl"
+    jsonl.write_text('{"sentence1": "A", "sentence2": "B", "score": 2}\n{"sentence1": "", "sentence2": "B", "score": 2}\n')
+    with pytest.raises(ValueError, match=r"sts.jsonl:2: sentence1 and sentence2 must both be non-empty"):
+        t.read_sts(str(jsonl))
+
+
+def test_sts_in_the_evaluation_reports_a_language_without_a_file_as_skipped(make_config, tiny_encoder, tmp_path):
+    from pipeline.corpus import load_udhr
+    from pipeline.evaluate import evaluate_model, prepare_tasks, summarise_tasks
+
+    pairs = tmp_path / "yor.tsv"
+    pairs.write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"Ọmọ {i} ń lọ.\tỌmọ {i} ń sáré.\t{i % 5}\n" for i in range(12)))
+    cfg = make_config(languages=["yor", "kha"], train={"encoder": tiny_encoder},
+                      evaluate={"tasks": [], "sts": {"yor": str(pairs)}, "bootstrap_samples": 20})
+    rows = [{"lang": r["lang"], "unit": r["unit"], "text": r["text"], "held_out": r["unit"] % 3 == 0}
+            for r in load_udhr(["eng", "yor", "kha"]).to_pylist()]
+    data, skipped = prepare_tasks(cfg, ["yor", "kha"])
+    assert "no STS file for kha" in skipped["sts"]["kha"]
+    results = {m: evaluate_model(tiny_encoder, rows, ["yor", "kha"], cfg, data) for m in ("base", "trained")}
+    sts = summarise_tasks(cfg, results, data, skipped, {})["sts"]
+    yor = sts["per_language"]["yor"]["base"]
+    assert yor["n"] == 12 and -1.0 <= yor["Spearman"] <= 1.0 and np.isfinite(sts["average"]["base"]["Spearman"])
+    assert sts["per_language"]["kha"]["skipped"].startswith("no STS file")
