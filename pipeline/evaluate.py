@@ -306,6 +306,9 @@ def report_markdown(metrics: dict, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+LABELLED_MODELS = 3  # plots label each bar with its value up to this many models side by side
+
+
 def plot_retrieval(metrics: dict, path: str) -> None:
     import matplotlib
 
@@ -313,14 +316,15 @@ def plot_retrieval(metrics: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     langs, models = [*metrics["languages"], "average"], list(metrics["models"])
-    fig, axes = plt.subplots(1, 2, figsize=(5 + 1.2 * len(langs), 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(5 + 0.4 * len(langs) * len(models), 4), sharey=True)
     width = 0.8 / len(models)
     for ax, (direction, label) in zip(axes, (("to_eng", "x -> eng"), ("from_eng", "eng -> x"))):
         for k, m in enumerate(models):
             vals = [metrics["models"][m]["average" if lang == "average" else "per_language"] for lang in langs]
             vals = [v[direction] if lang == "average" else v[lang][direction] for v, lang in zip(vals, langs)]
             bars = ax.bar(np.arange(len(langs)) + k * width, vals, width, label=m)
-            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+            if len(models) <= LABELLED_MODELS:  # more bars than that: the labels overlap; the tables have the numbers
+                ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks(np.arange(len(langs)) + width * (len(models) - 1) / 2, langs)
         ax.set_title(f"Bitext retrieval acc@1, {label}")
         ax.set_ylim(0, 1.05)
@@ -340,7 +344,8 @@ def plot_tasks(metrics: dict, path: str) -> None:
 
     task_results = {k: v for k, v in metrics.get("tasks", {}).items() if v["average"]}
     models = list(metrics["models"])
-    fig, axes = plt.subplots(1, max(1, len(task_results)), figsize=(1.5 + 3.2 * max(1, len(task_results)), 4), squeeze=False)
+    wide = 3.2 * max(1.0, len(models) / LABELLED_MODELS)
+    fig, axes = plt.subplots(1, max(1, len(task_results)), figsize=(1.5 + wide * max(1, len(task_results)), 4), squeeze=False)
     width = 0.8 / max(1, len(models))
     for ax, (name, task) in zip(axes[0], task_results.items()):
         names = task["metrics"]
@@ -349,7 +354,8 @@ def plot_tasks(metrics: dict, path: str) -> None:
             vals = [avg[n] for n in names]
             x = np.arange(len(names)) + k * width
             bars = ax.bar(x, vals, width, label=m)
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
+            if len(models) <= LABELLED_MODELS:
+                ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
             with_ci = [(xi, v, avg["ci"][n]) for xi, v, n in zip(x, vals, names) if avg["ci"].get(n)]
             if with_ci:  # metrics without an interval (macro-F1) get no error bar
                 xs, vs, cis = zip(*with_ci)

