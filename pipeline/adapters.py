@@ -320,6 +320,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     from pipeline.models import resolve_model
 
     registry_path = join(out_dir, "registry.parquet")
+    os.makedirs(out_dir, exist_ok=True)
     strategies = [s for s in cfg.synthesis.strategies if s != "icl"]
     if not strategies:
         pq.write_table(pa.Table.from_pylist([], schema=REGISTRY_SCHEMA), registry_path)

@@ -134,3 +134,24 @@ def test_stage_trains_composes_and_registers_every_adapter(ray_local, make_confi
     assert result.counts == {"adapters": 11, "trained": 7}
     table = format_registry(registry)
     assert "composition-negative-kha" in table and "task-negative + 1 * (lang-kha - lang-fra)" in table
+
+
+def test_external_adapters_are_registered_not_trained(ray_local, make_config, tiny_generator, tmp_path):
+    import pyarrow as pa
+
+    seeds = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(SEEDS), seeds)
+    for role, seed in (("positive", 1), ("negative", 2)):
+        random_adapter(tiny_generator, str(tmp_path / f"published-{role}"), seed)
+    external = {f"xllora-{role}": str(tmp_path / f"published-{role}") for role in ("positive", "negative")}
+    cfg = make_config(generator={"model": tiny_generator}, synthesis={"strategies": ["xllora"]}, adapters={"external": external})
+    result = adapters.run(cfg, {"train": str(seeds)}, str(tmp_path / "adapters"))
+    registry = adapters.read_registry(result.outputs["registry"])
+    assert result.counts == {"adapters": 2, "trained": 0}
+    assert {r["name"]: r["path"] for r in registry} == external
+    assert all(r["data"].startswith("external: ") for r in registry)
+
+    cfg = make_config(generator={"model": tiny_generator}, synthesis={"strategies": ["xllora"]},
+                      adapters={"external": {"xllora-positive": str(tmp_path)}})
+    with pytest.raises(AdapterDataError, match=r"has no adapter_config.json \(not a peft adapter folder\)"):
+        adapters.run(cfg, {"train": str(seeds)}, str(tmp_path / "adapters2"))
