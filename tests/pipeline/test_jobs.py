@@ -34,12 +34,18 @@ def test_a_relative_run_dir_is_refused_for_a_cluster(make_config):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """`ray start --head --block` on loopback; its process group is ended after the module."""
-    gcs, dashboard = free_port(), free_port()
+    """`ray start --head --block` on loopback; its process group is ended after the module.
+
+    Every port is a free one: with Ray's fixed default agent ports, a second Ray instance on the machine (the
+    session's ray_local) keeps this cluster's job agent from starting ("No available agent to submit job").
+    """
+    gcs, dashboard, agent, agent_grpc, runtime_env, metrics = (free_port() for _ in range(6))
     temp = tmp_path_factory.mktemp("ray")
     proc = subprocess.Popen(
         [shutil.which("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
          f"--temp-dir={temp}", "--disable-usage-stats"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
