@@ -215,33 +215,21 @@ STS_COLUMNS = ("sentence1", "sentence2", "score")
 
 
 def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(sentences 1, sentences 2, gold scores) from a csv / tsv / jsonl file; bad rows are named by line."""
-    import csv
-    import json
+    """(sentences 1, sentences 2, gold scores) from a csv / tsv / jsonl / parquet file; bad rows are named by line."""
     from pathlib import Path
+
+    from pipeline.seeds import read_records
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise Skipped(f"STS file {path} does not exist")
-    if p.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append((n, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-    elif p.suffix in (".csv", ".tsv"):
-        with p.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ",")
-            missing = [c for c in STS_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: no column {', '.join(missing)} (needs {', '.join(STS_COLUMNS)})")
-            records = [(n, r) for n, r in enumerate(reader, 2)]
-    else:
-        raise ValueError(f"{path}: STS files are .csv, .tsv or .jsonl with columns {', '.join(STS_COLUMNS)}")
+    records = read_records(p)
+    missing = [c for c in STS_COLUMNS if records and c not in records[0]]
+    if missing:
+        raise ValueError(f"{path}: no column {', '.join(missing)} (needs {', '.join(STS_COLUMNS)})")
     s1, s2, gold = [], [], []
-    for n, r in records:
+    for r in records:
+        n = r["line"]
         if not str(r.get("sentence1") or "").strip() or not str(r.get("sentence2") or "").strip():
             raise ValueError(f"{path}:{n}: sentence1 and sentence2 must both be non-empty")
         try:

@@ -14,8 +14,6 @@ way synthesis looks them up. Adapters named in `adapters.external` are registere
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import random
@@ -84,30 +82,23 @@ def anchors_in(pairs: list[dict], lang: str) -> list[dict]:
 
 def read_task_data(path: str) -> list[dict]:
     """User task-adapter data (anchor, positive, negative) -> pairs like the bundled ones."""
+    from pipeline.seeds import SeedError, read_records
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise AdapterDataError(f"adapters.task_data: {path}: no such file")
-    if p.suffix == ".parquet":
-        records = pq.read_table(p).to_pylist()
-    elif p.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise AdapterDataError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-    elif p.suffix in (".csv", ".tsv"):
-        with p.open(encoding="utf-8", newline="") as f:
-            records = list(csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ","))
-    else:
+    if p.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet"):
         raise AdapterDataError(f"adapters.task_data: {path}: expected .csv, .tsv, .jsonl or .parquet")
+    try:
+        records = read_records(p)
+    except SeedError as err:
+        raise AdapterDataError(str(err)) from None
     pairs = []
-    for n, r in enumerate(records, 1):
+    for r in records:
         missing = [c for c in ("anchor", "positive", "negative") if not str(r.get(c) or "").strip()]
         if missing:
-            raise AdapterDataError(f"{path}: record {n} has no {', '.join(missing)} (columns: anchor, positive, negative)")
-        pairs += [{"role": role, "pair": n, "anchor": r["anchor"], "output": r[role]} for role in ROLES]
+            raise AdapterDataError(f"{path}: record {r['line']} has no {', '.join(missing)} (columns: anchor, positive, negative)")
+        pairs += [{"role": role, "pair": r["line"], "anchor": r["anchor"], "output": r[role]} for role in ROLES]
     return pairs
 
 

@@ -64,7 +64,10 @@ def language_of_file(path: Path, languages: list[str]) -> str:
 
 
 def read_records(path: Path) -> list[dict]:
-    """Rows of a user seed file as dicts with at least `text`, each with its 1-based `line`."""
+    """Rows of a user file (.txt, .jsonl, .csv, .tsv, .parquet) as dicts, each with its 1-based `line`.
+
+    Seed files, adapter task data and STS pairs are all read here, so their errors name file and line alike.
+    """
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return [{"text": t, "line": i} for i, t in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
@@ -81,12 +84,12 @@ def read_records(path: Path) -> list[dict]:
                 raise SeedError(f"{path}:{i}: expected a JSON object with a `text` field, got {type(row).__name__}")
             rows.append({**row, "line": i})
         return rows
-    if suffix == ".csv":
+    if suffix in (".csv", ".tsv"):
         with path.open(encoding="utf-8", newline="") as f:
-            return [{**row, "line": i} for i, row in enumerate(csv.DictReader(f), 2)]
+            return [{**row, "line": i} for i, row in enumerate(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","), 2)]
     if suffix == ".parquet":
         return [{**row, "line": i} for i, row in enumerate(pq.read_table(path).to_pylist(), 1)]
-    raise SeedError(f"{path}: unsupported seed file type {suffix!r} (use .txt, .jsonl, .csv or .parquet)")
+    raise SeedError(f"{path}: unsupported seed file type {suffix!r} (use .txt, .jsonl, .csv, .tsv or .parquet)")
 
 
 def read_seed_file(path_text: str, languages: list[str]) -> list[tuple[str, str]]:

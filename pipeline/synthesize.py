@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 import pycountry
 
 from pipeline.config import RunConfig
+from pipeline.engines import OK  # the one "no problem" status of every engine and of generations rows
 from pipeline.manifest import StageOutput, join, reset_dir
 
 REQUIRED_COLUMNS = {"id", "lang", "text"}
 ROLES = ("positive", "negative")
-OK = "ok"
 
 ROLE_INSTRUCTIONS = {
     "positive": "Write one {language} sentence that means the same as the sentence below, or that follows from it.",
