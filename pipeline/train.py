@@ -30,6 +30,15 @@ IN_MEMORY_TRIPLETS_BYTES = 64 * 1024 * 1024
 
 # ---------------------------------------------------------------- model pieces (pure torch)
 
+def token_states(model, enc: dict, mode: str):
+    """The token states a pooling mode averages: the last layer's, or for "avg_first_last" (the paper's, after
+    SimCSE) the mean of the first and the last transformer layer's."""
+    if mode == "avg_first_last":
+        hidden = model(**enc, output_hidden_states=True).hidden_states  # [0] is the embedding layer's output
+        return (hidden[1] + hidden[-1]) / 2
+    return model(**enc).last_hidden_state
+
+
 def pool(hidden, attention_mask, mode: str):
     """Token states [n, t, d] -> sentence vectors [n, d]."""
     if mode == "cls":
@@ -57,7 +66,7 @@ def embed_triplets(model, tokenizer, batch: dict, cfg: dict):
     texts = [prefix + str(t) for col in ("anchor", "positive", "negative") for t in batch[col]]
     enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_length"], return_tensors="pt")
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    hidden = model(**enc).last_hidden_state  # [3b, t, d]
+    hidden = token_states(model, enc, cfg["pooling"])  # [3b, t, d]
     emb = pool(hidden, enc["attention_mask"], cfg["pooling"])  # [3b, d]
     return emb[:b], emb[b:2 * b], emb[2 * b:]
 
@@ -142,7 +151,7 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
     import inspect
 
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
 
     from pipeline.models import remember_model_kwargs
 
@@ -151,13 +160,15 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
         model.load_state_dict(state_dict)
     # Trained without a pooler (DDP needs every parameter used): export without one, not a random one.
     no_pooler = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(type(model).__init__).parameters else {}
+    if cfg.train.pooling == "avg_first_last":
+        model.config.output_hidden_states = True  # sentence-transformers then hands every layer to the pooling
     with tempfile.TemporaryDirectory() as hf_dir:
         model.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
         transformer = Transformer(hf_dir, max_seq_length=max(cfg.train.max_length, 128), model_kwargs=no_pooler)
-        pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode=cfg.train.pooling)
         prompts = {"query": cfg.train.prefix} if cfg.train.prefix else {}
-        st = SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=prompts,
+        modules = [transformer, *pooling_modules(transformer, cfg.train.pooling), Normalize()]
+        st = SentenceTransformer(modules=modules, prompts=prompts,
                                  default_prompt_name="query" if prompts else None)
         st.model_card_data.language = cfg.languages
         st.model_card_data.model_name = f"bootembed encoder for {', '.join(cfg.languages)}"
@@ -166,6 +177,25 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
         remember_model_kwargs(Path(out_path), no_pooler)  # so loading it does not add a random pooler either
     with open(os.path.join(out_path, "BOOTEMBED.md"), "w") as f:
         f.write(model_card_note(cfg, details))
+
+
+def pooling_modules(transformer, mode: str) -> list:
+    """sentence-transformers' own modules for a pooling mode, so any sentence-transformers install loads the model.
+
+    avg_first_last is WeightedLayerPooling over layers 1..L with weight 1 on the first and the last (0 between),
+    followed by mean pooling: the mean of two layers' token states, then the mean over tokens.
+    """
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Pooling, WeightedLayerPooling
+
+    dim = transformer.get_embedding_dimension()
+    if mode != "avg_first_last":
+        return [Pooling(dim, pooling_mode=mode)]
+    layers = transformer.auto_model.config.num_hidden_layers
+    weights = torch.zeros(layers)
+    weights[[0, -1]] = 1.0
+    return [WeightedLayerPooling(dim, num_hidden_layers=layers, layer_start=1, layer_weights=torch.nn.Parameter(weights)),
+            Pooling(dim, pooling_mode="mean")]
 
 
 def model_card_note(cfg: RunConfig, details: dict) -> str:

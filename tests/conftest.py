@@ -50,6 +50,13 @@ def generator_path(cache_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def gemma_path(cache_dir) -> str:
+    from pipeline.models import resolve_model
+
+    return resolve_model("bundled:gemma-3-270m", cache_dir)
+
+
+@pytest.fixture(scope="session")
 def e5_path(cache_dir) -> str:
     from pipeline.models import resolve_model
 

@@ -7,7 +7,10 @@ from pipeline.config import ConfigError, RunConfig, apply_overrides, load_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("**/*.yaml")), ids=lambda p: p.name)
+RUN_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "serve.yaml")  # serve.yaml is Ray Serve's format
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates_and_says_how_to_run_it(path):
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
@@ -18,6 +21,47 @@ def test_demo_config_is_three_low_resource_languages():
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.languages == ["yor", "kha", "quc"]
     assert cfg.generator.engine == "hf"
+
+
+def test_paper_config_is_the_papers_setup():
+    cfg = load_config(REPO / "configs" / "paper.yaml")
+    assert cfg.languages == ["afr", "hau", "hin", "ind", "kor", "mar", "tel"]
+    assert (cfg.generator.engine, cfg.adapters.rank, cfg.adapters.target_modules) == ("vllm", 8, "all-linear")
+    t = cfg.train
+    assert (t.batch_size, t.lr, t.max_length, t.epochs, t.temperature, t.pooling) == (512, 5e-5, 32, 3, 0.05, "avg_first_last")
+    assert set(cfg.synthesis.strategies) == {"icl", "composition", "xllora"}
+
+
+def test_a_language_list_file_is_read_relative_to_the_config(tmp_path):
+    (tmp_path / "langs").mkdir()
+    (tmp_path / "langs" / "mine.yaml").write_text("# mine\n- yor  # Yoruba\n- kha\n")
+    (tmp_path / "run.yaml").write_text("languages: langs/mine.yaml\n")
+    assert load_config(tmp_path / "run.yaml").languages == ["yor", "kha"]
+    udhr = load_config(REPO / "configs" / "demo.yaml", ["languages=languages/udhr.yaml"]).languages
+    assert len(udhr) == 428 and {"yor", "kha", "quc", "afr"} <= set(udhr)
+
+
+def test_a_bad_language_list_names_each_bad_line(tmp_path):
+    (tmp_path / "langs.yaml").write_text("- yor\n- yo\n- xx1\n- yor\n")
+    (tmp_path / "run.yaml").write_text("languages: langs.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "run.yaml")
+    message = str(err.value)
+    assert "langs.yaml, line 2: 'yo' is not an ISO 639-3 code; write 'yor' (Yoruba)" in message
+    assert "line 3: 'xx1' is not an ISO 639-3 code" in message
+    assert "line 4: 'yor' is listed twice (first on line 1)" in message
+    (tmp_path / "run.yaml").write_text("languages: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"language list .*missing.yaml does not exist"):
+        load_config(tmp_path / "run.yaml")
+    (tmp_path / "langs.yaml").write_text("yor: Yoruba\n")
+    (tmp_path / "run.yaml").write_text("languages: langs.yaml\n")
+    with pytest.raises(ConfigError, match=r"expected a non-empty YAML list"):
+        load_config(tmp_path / "run.yaml")
+
+
+def test_a_bcp47_tag_in_the_config_gets_its_iso639_3_code_suggested():
+    with pytest.raises(ConfigError, match=r"languages\[0\] = 'sw-KE' is not an ISO 639-3 code; write 'swa' \(Swahili"):
+        validate_config({"languages": ["sw-KE"]})
 
 
 def test_overrides_keep_yaml_types():

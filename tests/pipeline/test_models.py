@@ -16,6 +16,8 @@ import torch
 
 from pipeline.models import (
     BUNDLED,
+    FEWSHOT_TEMPLATE,
+    GEMMA3_GGUF_PACKAGE,
     SMOLLM2_GGUF,
     e5_folder,
     generator_folder,
@@ -126,6 +128,56 @@ def test_generator_folder_generates_like_the_gguf_model(generator_path):
     model = AutoModelForCausalLM.from_pretrained(generator_path)
 
     assert torch.equal(greedy_reply(model, tokenizer), greedy_reply(gguf_model, gguf_tokenizer))
+
+
+# --------------------------------------------------------------------------- Gemma-3-270M (base model)
+
+FEWSHOT_CHAT = [
+    {"role": "system", "content": "Answer with one sentence."},
+    {"role": "user", "content": "Sentence: Bonjour."},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Sentence: Merci."},
+]
+
+
+def test_fewshot_template_writes_a_chat_as_plain_text_a_base_model_continues(generator_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(generator_path)
+    prompt = tokenizer.apply_chat_template(FEWSHOT_CHAT, chat_template=FEWSHOT_TEMPLATE, tokenize=False,
+                                           add_generation_prompt=True)
+    assert prompt == (f"{tokenizer.bos_token}Answer with one sentence.\n\n"
+                      "Sentence: Bonjour.\nAnswer: Hello.\n\nSentence: Merci.\nAnswer:")
+    # Completion-only adapter training cuts the answer off the end of the prompt it was asked with.
+    full = tokenizer.apply_chat_template([*FEWSHOT_CHAT, {"role": "assistant", "content": "Thanks."}],
+                                         chat_template=FEWSHOT_TEMPLATE, tokenize=False)
+    assert full == prompt + " Thanks.\n\n"
+
+
+@pytest.mark.slow
+def test_gemma_folder_computes_what_the_gguf_model_computes(gemma_path, generator_path, tmp_path):
+    import importlib
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gemma_path)
+    model = AutoModelForCausalLM.from_pretrained(gemma_path)
+    assert getattr(model.config, "quantization_config", None) is None
+    assert tokenizer.chat_template == FEWSHOT_TEMPLATE
+    gguf = importlib.import_module(GEMMA3_GGUF_PACKAGE).assemble(tmp_path / "gemma.gguf")
+    gguf_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name)
+
+    prompt = tokenizer.apply_chat_template(FEWSHOT_CHAT, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert ids[0, 0] == tokenizer.bos_token_id  # Gemma produces noise without it
+    assert ids.tolist() == gguf_tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, gguf_model(ids).logits)
+    # 262k SentencePiece pieces: Yoruba costs fewer tokens than in SmolLM2's 49k byte-level vocabulary (39 vs 59).
+    yoruba = "Gbogbo ènìyàn ni a bí ní òmìnira; iyì àti ẹ̀tọ́ kọ̀ọ̀kan sì dọ́gba."
+    smollm2 = AutoTokenizer.from_pretrained(generator_path)
+    assert len(tokenizer(yoruba)["input_ids"]) < 0.75 * len(smollm2(yoruba)["input_ids"])
 
 
 # --------------------------------------------------------------------------- resolve_model

@@ -83,3 +83,23 @@ def test_each_strategy_gets_its_own_set_and_the_baseline_matches_the_largest(mak
     assert len(baseline) == 9 and len({t["anchor"] for t in baseline}) == 9, "as many human-made triplets as the largest set"
     assert all(t["positive"] and t["negative"] and t["positive"] != t["negative"] for t in baseline)
     assert "composition" in skipped and "1 triplet(s)" in skipped["composition"]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "avg_first_last"])
+def test_the_exported_model_pools_exactly_as_training_did(make_config, tiny_encoder, tmp_path, pooling):
+    import torch
+
+    cfg = train_config(make_config, tiny_encoder, pooling=pooling)
+    out = tmp_path / pooling
+    train.export_sentence_transformer(tiny_encoder, None, cfg, str(out), {"variant": "icl", "triplets": 0, "final_loss": 0.0})
+    texts = ["the river is near", "a doctor far away from the market"]
+    tokenizer, encoder = train.load_encoder(tiny_encoder, freeze_embeddings=False)
+    with torch.no_grad():
+        trained_view, _, _ = train.embed_triplets(encoder.eval(), tokenizer, {"anchor": texts, "positive": texts, "negative": texts},
+                                                  cfg.train.model_dump())
+    expected = torch.nn.functional.normalize(trained_view, dim=-1).numpy()
+
+    exported = SentenceTransformer(str(out), device="cpu")  # plain sentence-transformers modules, no bootembed code
+    assert np.allclose(exported.encode(texts), expected, atol=1e-5)
+    last_layer_only = SentenceTransformer(tiny_encoder, device="cpu").encode(["query: " + t for t in texts], normalize_embeddings=True)
+    assert np.allclose(exported.encode(texts), last_layer_only, atol=1e-5) == (pooling == "mean")
