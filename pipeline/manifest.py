@@ -27,8 +27,30 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
+    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else os.path.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy a file or a folder between local paths and URIs; whatever was at `dst` is replaced, not merged."""
+    src_fs, src_path = filesystem(src)
+    dst_fs, dst_path = filesystem(dst)
+    kind = dst_fs.get_file_info(dst_path).type
+    if kind == pafs.FileType.Directory:
+        dst_fs.delete_dir(dst_path)
+    elif kind == pafs.FileType.File:
+        dst_fs.delete_file(dst_path)
+    dst_fs.create_dir(dst_path.rsplit("/", 1)[0], recursive=True)
+    pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
 def read_json(path: str) -> dict | None:

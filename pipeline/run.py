@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -12,7 +13,20 @@ from dataclasses import dataclass, field
 
 from pipeline import adapters, evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
 from pipeline.config import RunConfig
-from pipeline.manifest import MANIFEST, StageOutput, build_manifest, filesystem, fingerprint, join, read_json, write_json
+from pipeline.manifest import (
+    MANIFEST,
+    StageOutput,
+    build_manifest,
+    copy_tree,
+    exists,
+    filesystem,
+    fingerprint,
+    is_uri,
+    join,
+    read_json,
+    reset_dir,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,20 @@ def stage_by_name(name: str) -> Stage:
 
 
 def run_root(cfg: RunConfig) -> str:
-    return cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(os.path.expanduser(cfg.run_dir))
+    return cfg.run_dir if is_uri(cfg.run_dir) else os.path.abspath(os.path.expanduser(cfg.run_dir))
+
+
+def mirror_root(cfg: RunConfig) -> str:
+    """The local copy of a run kept at a URI (s3://...): stages read and write files here."""
+    digest = hashlib.sha256(cfg.run_dir.encode()).hexdigest()[:12]
+    return os.path.join(os.path.expanduser(cfg.cache_dir), "runs", digest)
+
+
+def mirrored(cfg: RunConfig, path: str, back: bool = False) -> str:
+    """A path inside the run at its URI -> the same path in the local mirror (back=True: the other way round)."""
+    src, dst = (mirror_root(cfg), run_root(cfg)) if back else (run_root(cfg), mirror_root(cfg))
+    prefix = src.rstrip("/") + "/"
+    return join(dst, *path[len(prefix):].split("/")) if path.startswith(prefix) else path
 
 
 def manifest_path(cfg: RunConfig, stage: str) -> str:
@@ -136,12 +163,35 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
         check_cluster_resources(cfg, stage)
     log(f"[{stage.name}] running ...")
     started = time.perf_counter()
-    result = stage.fn(cfg, inputs, out_dir)
+    result = call_stage(cfg, stage, inputs, out_dir)
     result.outputs = relative_outputs(cfg, result.outputs)
     manifest = build_manifest(stage.name, fp, config_hash, relative_outputs(cfg, inputs), result, time.perf_counter() - started)
     write_json(path, manifest)
     log(f"[{stage.name}] done in {manifest['seconds']:.1f} s: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
     return manifest
+
+
+def call_stage(cfg: RunConfig, stage: Stage, inputs: dict[str, str], out_dir: str) -> StageOutput:
+    """Run the stage function on local files.
+
+    Stages hand their paths to libraries that only know local files (save_pretrained, sentence-transformers,
+    matplotlib), so a run kept at a URI is mirrored: the stage's inputs are downloaded into a local copy of the run,
+    the stage writes its folder there, and the folder is uploaded once the stage has succeeded. A failed stage
+    uploads nothing, so the run at the URI never holds half a stage.
+    """
+    if not is_uri(run_root(cfg)):
+        return stage.fn(cfg, inputs, out_dir)
+    local_inputs = {}
+    for name, path in inputs.items():
+        local_inputs[name] = mirrored(cfg, path)
+        if local_inputs[name] != path and exists(path):
+            copy_tree(path, local_inputs[name])
+    local_out = mirrored(cfg, out_dir)
+    reset_dir(local_out)
+    result = stage.fn(cfg, local_inputs, local_out)
+    copy_tree(local_out, out_dir)
+    result.outputs = {name: mirrored(cfg, path, back=True) for name, path in result.outputs.items()}
+    return result
 
 
 def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, force: bool = False,

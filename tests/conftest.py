@@ -108,6 +108,28 @@ def tiny_generator(tmp_path_factory, generator_path) -> str:
 
 
 @pytest.fixture
+def s3_bucket(monkeypatch) -> str:
+    """A fresh bucket on a real S3 API server (moto) on loopback; returns its s3:// URI."""
+    import uuid
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # pyarrow reads the endpoint from the environment, as it would for any S3-compatible store.
+    for key, value in {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"bootembed-{uuid.uuid4().hex[:8]}"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?allow_bucket_creation=true")
+    fs.create_dir(bucket)
+    yield f"s3://{bucket}"
+    server.stop()
+
+
+@pytest.fixture
 def make_config(tmp_path, cache_dir):
     """RunConfig factory: a run directory under tmp_path plus any field overrides (nested dicts)."""
 

@@ -115,3 +115,37 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
     rerun = [line.split("]")[0][1:] for line in logs if "running" in line]
     assert rerun == ["evaluate"], "only the stage that reads the changed field reruns"
     assert rerun_manifests["train"] == manifests["train"]
+
+
+@pytest.mark.slow
+def test_a_run_kept_in_s3_runs_every_stage_and_resumes_from_the_bucket(ray_local, make_config, s3_bucket, tiny_generator,
+                                                                      tiny_encoder, tmp_path):
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    from pipeline.run import mirror_root
+
+    cfg = make_config(
+        run_dir=f"{s3_bucket}/runs/tiny", languages=["yor"], seeds={"max_per_language": 6},
+        generator={"model": tiny_generator, "max_new_tokens": 8, "batch_size": 8, "temperature": 1.0},
+        synthesis={"num_shots": 1, "strategies": ["icl", "xllora"]}, adapters={"steps": 1, "batch_size": 2},
+        filter={"language_check": False, "min_chars": 1, "max_chars": 4000},
+        train={"encoder": tiny_encoder, "batch_size": 4, "cpus_per_worker": 0.5, "non_synthetic_baseline": False},
+        evaluate={"tasks": [], "bootstrap_samples": 0, "plot": False},
+    )
+    manifests = run_pipeline(cfg)
+    assert list(manifests) == STAGE_NAMES
+
+    fs, root = pafs.FileSystem.from_uri(cfg.run_dir)
+    stored = {info.path[len(root) + 1:] for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))}
+    assert {f"{stage}/manifest.json" for stage in STAGE_NAMES} <= stored
+    assert {"adapters/registry.parquet", "adapters/xllora-positive/adapter_config.json", "synthesize/generations.parquet",
+            "filter/triplets.parquet", "train/models/icl/modules.json", "evaluate/report.md"} <= stored
+    assert manifests["synthesize"]["outputs"]["generations"] == "synthesize/generations.parquet"  # relative to the run
+    assert pq.read_table(output_path(cfg, manifests["seeds"], "train")).num_rows == 6  # read straight from the bucket
+
+    # The bucket is the run: with the local mirror gone, a rerun finds every stage finished.
+    shutil.rmtree(mirror_root(cfg))
+    logs = []
+    assert run_pipeline(cfg, log=logs.append) == manifests and all("up to date" in line for line in logs)
