@@ -42,32 +42,49 @@ def cache_dir() -> str:
     return CACHE_DIR
 
 
-@pytest.fixture(scope="session")
-def generator_path(cache_dir) -> str:
+def bundled(name: str) -> str:
+    """A bundled model's folder, materialised in the shared cache on first use."""
     from pipeline.models import resolve_model
 
-    return resolve_model("bundled:smollm2-135m-instruct", cache_dir)
+    return resolve_model(f"bundled:{name}", CACHE_DIR)
+
+
+def random_adapter(base: str, path: str, seed: int, rank: int = 4, alpha: int = 8, lora_b_std: float | None = None) -> str:
+    """A LoRA on every linear layer with random non-zero weights (B ~ N(0, lora_b_std) if given), saved at `path`:
+    unlike a freshly initialised one, it changes what the model computes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear", init_lora_weights=False))
+    if lora_b_std is not None:
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0.0, lora_b_std)
+    model.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")
-def gemma_path(cache_dir) -> str:
-    from pipeline.models import resolve_model
-
-    return resolve_model("bundled:gemma-3-270m", cache_dir)
+def generator_path() -> str:
+    return bundled("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
-def e5_path(cache_dir) -> str:
-    from pipeline.models import resolve_model
-
-    return resolve_model("bundled:multilingual-e5-small", cache_dir)
+def gemma_path() -> str:
+    return bundled("gemma-3-270m")
 
 
 @pytest.fixture(scope="session")
-def minilm_path(cache_dir) -> str:
-    from pipeline.models import resolve_model
+def e5_path() -> str:
+    return bundled("multilingual-e5-small")
 
-    return resolve_model("bundled:all-minilm-l6-v2", cache_dir)
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    return bundled("all-minilm-l6-v2")
 
 
 @pytest.fixture(scope="session")

