@@ -78,10 +78,10 @@ def adapters_list(
 ) -> None:
     """Show the adapter registry of a run: name, strategy, role, language, training steps and loss."""
     from pipeline.adapters import format_registry, read_registry
-    from pipeline.run import run_root
+    from pipeline.run import local_stage_dir
 
-    root = run_root(load(source, None)) if source.is_file() else str(source)
-    registry = Path(root) / "adapters" / "registry.parquet"
+    folder = local_stage_dir(load(source, None), "adapters") if source.is_file() else str(source / "adapters")
+    registry = Path(folder) / "registry.parquet"
     if not registry.is_file():
         fail(f"{registry}: no adapter registry; run `bootembed adapters train CONFIG` (or `bootembed run CONFIG`) first")
     typer.echo(format_registry(read_registry(str(registry))))
@@ -124,7 +124,8 @@ def eval_models(
     """Evaluate any encoders on the config's languages and tasks, side by side in one report."""
     from pipeline import evaluate
     from pipeline.models import resolve_model
-    from pipeline.run import run_root
+    from pipeline.manifest import join
+    from pipeline.run import mirrored, run_root
 
     cfg = load(config, set)
     try:
@@ -133,7 +134,7 @@ def eval_models(
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     seeds = run_stages(cfg, ["seeds"], False)["seeds"]  # the held-out evaluation text
-    out_dir = str(out or Path(run_root(cfg)) / "eval")
+    out_dir = str(out or mirrored(cfg, join(run_root(cfg), "eval")))  # a run at a URI: in its local mirror
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     try:
         result = evaluate.evaluate_models(cfg, models, {"eval": output_path(cfg, seeds, "eval")}, out_dir)

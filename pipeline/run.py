@@ -74,7 +74,10 @@ def mirror_root(cfg: RunConfig) -> str:
 
 
 def mirrored(cfg: RunConfig, path: str, back: bool = False) -> str:
-    """A path inside the run at its URI -> the same path in the local mirror (back=True: the other way round)."""
+    """A path inside the run at its URI -> the same path in the local mirror (back=True: the other way round).
+    A local run is its own mirror."""
+    if not is_uri(run_root(cfg)):
+        return path
     src, dst = (mirror_root(cfg), run_root(cfg)) if back else (run_root(cfg), mirror_root(cfg))
     prefix = src.rstrip("/") + "/"
     return join(dst, *path[len(prefix):].split("/")) if path.startswith(prefix) else path
@@ -169,6 +172,17 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
     write_json(path, manifest)
     log(f"[{stage.name}] done in {manifest['seconds']:.1f} s: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
     return manifest
+
+
+def local_stage_dir(cfg: RunConfig, stage: str) -> str:
+    """A stage's folder on local disk: in place for a local run, downloaded into the mirror for a run at a URI."""
+    path = join(run_root(cfg), stage)
+    if not is_uri(path):
+        return path
+    local = mirrored(cfg, path)
+    if exists(path):
+        copy_tree(path, local)
+    return local
 
 
 def call_stage(cfg: RunConfig, stage: Stage, inputs: dict[str, str], out_dir: str) -> StageOutput:

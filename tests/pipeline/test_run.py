@@ -120,11 +120,13 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
 @pytest.mark.slow
 def test_a_run_kept_in_s3_runs_every_stage_and_resumes_from_the_bucket(ray_local, make_config, s3_bucket, tiny_generator,
                                                                       tiny_encoder, tmp_path):
+    import os
     import shutil
 
     import pyarrow.fs as pafs
 
-    from pipeline.run import mirror_root
+    from pipeline.adapters import read_registry
+    from pipeline.run import local_stage_dir, mirror_root
 
     cfg = make_config(
         run_dir=f"{s3_bucket}/runs/tiny", languages=["yor"], seeds={"max_per_language": 6},
@@ -145,7 +147,11 @@ def test_a_run_kept_in_s3_runs_every_stage_and_resumes_from_the_bucket(ray_local
     assert manifests["synthesize"]["outputs"]["generations"] == "synthesize/generations.parquet"  # relative to the run
     assert pq.read_table(output_path(cfg, manifests["seeds"], "train")).num_rows == 6  # read straight from the bucket
 
-    # The bucket is the run: with the local mirror gone, a rerun finds every stage finished.
+    # The bucket is the run: with the local mirror gone, a rerun finds every stage finished, and
+    # `bootembed adapters list` reads the registry from the bucket.
     shutil.rmtree(mirror_root(cfg))
     logs = []
     assert run_pipeline(cfg, log=logs.append) == manifests and all("up to date" in line for line in logs)
+    registry = read_registry(f"{local_stage_dir(cfg, 'adapters')}/registry.parquet")
+    assert {r["name"] for r in registry} == {"xllora-positive", "xllora-negative"}
+    assert all(os.path.isfile(f"{r['path']}/adapter_config.json") for r in registry)
