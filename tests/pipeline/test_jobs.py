@@ -32,40 +32,61 @@ def test_a_relative_run_dir_is_refused_for_a_cluster(make_config):
         jobs.submit(make_config(run_dir="runs/x"), "http://127.0.0.1:9")
 
 
+def ray_start(*args: str, temp: Path) -> subprocess.Popen:
+    """`ray start --block` on loopback with every port a free one, in its own process group.
+
+    With Ray's fixed default agent ports, a second Ray instance on the machine (the session's ray_local) keeps this
+    cluster's job agent from starting ("No available agent to submit job").
+    """
+    agent, agent_grpc, runtime_env, metrics = (free_port() for _ in range(4))
+    return subprocess.Popen(
+        [shutil.which("ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", *args,
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}", f"--temp-dir={temp}",
+         "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for(ready, proc: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} failed:\n{proc.stdout.read() if proc.poll() is not None else ''}")
+        time.sleep(2)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """`ray start --head --block` on loopback; its process group is ended after the module.
+    """A one-node Ray cluster on loopback (`ray start --head`) with its job server.
 
-    Every port is a free one: with Ray's fixed default agent ports, a second Ray instance on the machine (the
-    session's ray_local) keeps this cluster's job agent from starting ("No available agent to submit job").
+    One node: Ray 2.60 binds loopback only in single-node mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); a second
+    `ray start --address` node insists on the machine's network address, which tests here must not use.
     """
-    gcs, dashboard, agent, agent_grpc, runtime_env, metrics = (free_port() for _ in range(6))
-    temp = tmp_path_factory.mktemp("ray")
-    proc = subprocess.Popen(
-        [shutil.which("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=1", "--include-dashboard=true",
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    gcs, dashboard = free_port(), free_port()
     address = f"http://127.0.0.1:{dashboard}"
+    head = ray_start("--head", f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+                     "--include-dashboard=true", temp=tmp_path_factory.mktemp("ray"))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                jobs.client(address).list_jobs()
-                break
-            except JobError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"ray start failed:\n{proc.stdout.read() if proc.poll() is not None else ''}")
-                time.sleep(2)
+        wait_for(lambda: reachable(address), head, "ray start --head")
         yield address
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(head)
+
+
+def reachable(address: str) -> bool:
+    try:
+        jobs.client(address).list_jobs()
+        return True
+    except JobError:
+        return False
 
 
 @pytest.mark.timeout(400)
@@ -81,6 +102,29 @@ def test_submit_runs_a_stage_on_the_cluster_with_the_users_seed_file(cluster, ma
     job_id = result.output.split()[1]
     assert jobs.status(cluster, job_id) == "SUCCEEDED"
     assert "[seeds] done" in jobs.logs(cluster, job_id)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_whole_run_submitted_to_the_cluster_finishes_with_its_outputs_and_logs(cluster, make_config, tmp_path,
+                                                                                        tiny_generator, tiny_encoder):
+    cfg = make_config(
+        languages=["yor"], seeds={"max_per_language": 6},
+        generator={"model": tiny_generator, "max_new_tokens": 8, "batch_size": 8, "temperature": 1.0},
+        synthesis={"num_shots": 1, "strategies": ["icl", "xllora"]}, adapters={"steps": 1, "batch_size": 2},
+        filter={"language_check": False, "min_chars": 1, "max_chars": 4000},
+        train={"encoder": tiny_encoder, "batch_size": 4, "cpus_per_worker": 0.5, "non_synthetic_baseline": False},
+        evaluate={"tasks": [], "bootstrap_samples": 0, "plot": False},
+    )
+    result = runner.invoke(app, ["submit", str(write_config(cfg, tmp_path)), "--address", cluster, "--wait"])
+    assert result.exit_code == 0, result.output
+    job_id = result.output.split()[1]
+    assert jobs.status(cluster, job_id) == "SUCCEEDED"
+    logs = jobs.logs(cluster, job_id)
+    assert all(f"[{stage}] done" in logs for stage in ("seeds", "adapters", "synthesize", "filter", "train", "evaluate"))
+    run = Path(cfg.run_dir)
+    assert (run / "train" / "models" / "icl" / "modules.json").is_file() and (run / "evaluate" / "report.md").is_file()
+    assert (run / "adapters" / "xllora-positive" / "adapter_config.json").is_file()
 
 
 def write_config(cfg, tmp_path) -> Path:
