@@ -153,6 +153,9 @@ class TrainConfig(_Section):
         "is exported with the model, as standard sentence-transformers modules.")
     prefix: str = Field("query: ", description="Prepended to every text (E5 models expect 'query: ' for symmetric tasks).")
     freeze_embeddings: bool = Field(True, description="Keep the word-embedding matrix frozen (most of a small multilingual encoder's weights).")
+    max_failures: int = Field(
+        3, ge=-1, description="Worker failures (a killed or preempted node) a training run survives by restarting from "
+        "its last epoch checkpoint; -1 = no limit.")
     gather_across_workers: bool = Field(True, description="Use every worker's batch as negatives (effective batch = global batch).")
     non_synthetic_baseline: bool = Field(
         True, description="Also train the encoder on as many human-made triplets (the bundled cross-lingual NLI pairs) as "

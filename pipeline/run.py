@@ -114,11 +114,14 @@ def upstream_manifests(cfg: RunConfig, stage: Stage) -> dict[str, dict]:
 
 def start_ray(cfg: RunConfig) -> None:
     """Join the configured cluster, or start a small local Ray instance bound to loopback."""
+    if not cfg.ray.address:
+        # Ray reads this once, when it is first imported: only then does a local instance listen on loopback
+        # instead of the machine's network address. A driver joining a cluster must not have it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if cfg.ray.address:
         ray.init(address=cfg.ray.address)
     else:

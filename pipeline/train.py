@@ -286,7 +286,7 @@ def training_sets(cfg: RunConfig, triplets_path: str, data_dir: str) -> tuple[di
 def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str, variant: str) -> tuple[dict, dict]:
     """One Ray Train run on one triplet file -> (final model state, details)."""
     import torch
-    from ray.train import CheckpointConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -303,7 +303,8 @@ def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         run_config=TrainRunConfig(name=name, storage_path=os.path.abspath(join(out_dir, "checkpoints")),
-                                  checkpoint_config=CheckpointConfig(num_to_keep=1)),
+                                  checkpoint_config=CheckpointConfig(num_to_keep=1),
+                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
         datasets={"train": triplets_dataset(triplets)},
     )
     result = trainer.fit()

@@ -43,6 +43,21 @@ def test_a_copied_run_directory_resumes_from_its_own_files(make_config, tmp_path
     assert output_path(copy, first, "train") == str(tmp_path / "copy" / "seeds" / "train.parquet")
 
 
+def test_a_local_ray_instance_listens_on_loopback_only(make_config, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"languages: [yor]\nrun_dir: {tmp_path / 'run'}\nray: {{num_cpus: 1}}\n")
+    script = ("from pipeline.config import load_config\nfrom pipeline.run import start_ray\n"
+              f"start_ray(load_config({str(config)!r}))\nimport ray\nprint(ray.get_runtime_context().gcs_address)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}  # as a user's shell has it
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("127.0.0.1:"), out.stdout
+
+
 def test_a_stage_before_its_inputs_exist_says_what_to_run(make_config):
     with pytest.raises(StageInputError, match=r"stage 'train' reads the output of 'filter', which has not finished.*bootembed filter CONFIG"):
         run_stage(make_config(), stage_by_name("train"))

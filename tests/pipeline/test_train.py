@@ -103,3 +103,46 @@ def test_the_exported_model_pools_exactly_as_training_did(make_config, tiny_enco
     assert np.allclose(exported.encode(texts), expected, atol=1e-5)
     last_layer_only = SentenceTransformer(tiny_encoder, device="cpu").encode(["query: " + t for t in texts], normalize_embeddings=True)
     assert np.allclose(exported.encode(texts), last_layer_only, atol=1e-5) == (pooling == "mean")
+
+
+def our_train_workers() -> list:
+    """Ray Train worker processes of this test session's Ray instance (other Ray instances may train beside it)."""
+    import psutil
+    import ray
+    from ray._private import ray_constants
+
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    return [p for p in psutil.Process(raylet).children(recursive=True) if "TrainWorker" in " ".join(p.cmdline())]
+
+
+@pytest.mark.slow
+def test_a_killed_training_worker_is_replaced_and_training_resumes_from_its_checkpoint(ray_local, make_config, tiny_encoder,
+                                                                                       triplets, tmp_path):
+    import glob
+    import os
+    import signal
+    import threading
+    import time
+
+    cfg = train_config(make_config, tiny_encoder, epochs=40, max_failures=2)
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            if glob.glob(str(tmp_path / "train" / "checkpoints" / "*" / "checkpoint_*")):
+                for worker in our_train_workers():
+                    os.kill(worker.pid, signal.SIGKILL)  # as a lost node would
+                    killed.append(worker.pid)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint)
+    killer.start()
+    result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    killer.join()
+
+    assert killed, "the test never found a training worker to kill"
+    epochs = [e["epoch"] for e in result.details["variants"]["icl"]["epochs"]]
+    assert epochs == list(range(40)), "every epoch once: resumed from the checkpoint, none lost, none repeated"
+    assert SentenceTransformer(result.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"]).shape == (1, 32)
