@@ -1,6 +1,8 @@
 """Evaluation tasks beside bitext retrieval: metrics (pure numpy / sklearn), data and summaries.
 
-- ranking: acc@1 and MRR@10 per query (`rank_scores`);
+- ranking: acc@1, MRR@10 and nDCG@10 per query (`ranking_scores`, `rank_scores`), and MTEB's
+  BitextMining main score, a support-weighted F1 of the top-1 match (`bitext_f1`);
+- user files: parallel text (`read_parallel`), query/document pairs (`read_query_docs`), STS pairs (`read_sts`);
 - confidence: stratified bootstrap 95% intervals of a macro average over languages, and
   paired intervals of a model's difference to the base (`bootstrap_mean_ci`, `bootstrap_delta_ci`);
 - bilingual lexicon induction (`bli_scores`): nearest English word of a target word among
@@ -14,11 +16,15 @@ A task result is `{"per_language": {lang: {model: scores} | {"skipped": reason}}
 
 from __future__ import annotations
 
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
-from importlib import resources
 
 from pipeline._dictd import DictionaryError, read_dictd, read_dictionary, single_word
+from pipeline.seeds import PIVOT, read_records
 
 BUNDLED_DICTIONARIES = {"kha": "kha-eng", "swh": "swh-eng"}  # pipeline/corpus/freedict/<pair>.index/.dict.dz
 
@@ -34,15 +40,60 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def ranking_scores(sims: np.ndarray, relevant: list[set[int]], k: int = 10) -> dict:
+    """Per query (a row of sims [nq, nc]): hit@1, reciprocal rank of the first relevant candidate and nDCG@k, each 0
+    when no relevant candidate is in the top k; `top` = the best candidate's index.
+
+    nDCG uses binary gains (a relevant candidate counts 1) and the log2(rank + 1) discount, as pytrec_eval computes
+    MTEB's retrieval main score; the ideal ranking puts every relevant candidate first. Ties keep candidate order.
+    """
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # [nq, min(k, nc)]
+    gains = np.zeros(order.shape)  # [nq, min(k, nc)]: 1 where the candidate at that rank is relevant
+    for i, rel in enumerate(relevant):
+        gains[i] = np.isin(order[i], list(rel))
+    first = np.where(gains.any(axis=1), gains.argmax(axis=1), -1)  # [nq]
+    discount = 1.0 / np.log2(np.arange(2, order.shape[1] + 2))  # [min(k, nc)]
+    ideal = np.array([discount[:len(rel)].sum() for rel in relevant])  # [nq]
+    return {"hit1": (first == 0).astype(float),
+            "rr": np.where(first >= 0, 1.0 / np.maximum(first + 1, 1), 0.0),
+            "ndcg": np.divide(gains @ discount, ideal, out=np.zeros(len(order)), where=ideal > 0),
+            "top": order[:, 0] if order.shape[1] else np.zeros(len(order), dtype=int)}
+
+
 def rank_scores(queries: np.ndarray, query_ids: list, candidates: np.ndarray, candidate_ids: list, k: int = 10) -> dict:
-    """Per query: hit@1 and reciprocal rank of the first candidate with the query's id (0 beyond rank k)."""
+    """`ranking_scores` by cosine, a candidate being relevant to a query when it carries the query's id; `top_id` = the
+    best candidate's id."""
+    by_id: dict = {}
+    for j, c in enumerate(candidate_ids):
+        by_id.setdefault(c, set()).add(j)
     sims = _normalise(queries) @ _normalise(candidates).T  # [nq, nc]
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    cand = np.asarray(candidate_ids, dtype=object)
-    match = cand[order] == np.asarray(query_ids, dtype=object)[:, None]  # [nq, k]
-    first = np.where(match.any(axis=1), match.argmax(axis=1), -1)
-    rr = np.where(first >= 0, 1.0 / np.maximum(first + 1, 1), 0.0)
-    return {"hit1": (first == 0).astype(float), "rr": rr}
+    scores = ranking_scores(sims, [by_id.get(q, set()) for q in query_ids], k)
+    return {**scores, "top_id": [candidate_ids[j] for j in scores["top"]]}
+
+
+def bitext_f1(gold: list, predicted: list) -> float:
+    """MTEB's BitextMining main score: sklearn's f1_score(gold, predicted, average="weighted").
+
+    Per gold label c: F1_c = 2 * (queries of c predicted c) / (queries of c + predictions of c); the average weights
+    each label by its number of queries. With one query per label (MTEB's bitext data) it is the share of queries
+    matched right, each discounted by how many other queries took the same match.
+    """
+    if not gold:
+        return 0.0  # no queries: the caller reports the language as skipped
+    support, predictions = Counter(gold), Counter(predicted)
+    right = Counter(g for g, p in zip(gold, predicted) if g == p)
+    return float(sum(2 * right[c] / (support[c] + predictions[c]) * support[c] for c in support) / len(gold))
+
+
+def bitext_direction(queries: np.ndarray, query_ids: list, pool: np.ndarray, pool_ids: list) -> dict:
+    """One retrieval direction of a bitext task: per-query hit1 / rr / ndcg, and the direction's MTEB F1."""
+    s = rank_scores(queries, query_ids, pool, pool_ids)
+    return {"hit1": s["hit1"], "rr": s["rr"], "ndcg": s["ndcg"], "f1": bitext_f1(list(query_ids), s["top_id"])}
+
+
+def both_directions(to_eng: dict, from_eng: dict) -> dict:
+    """{hit1_to, rr_to, ndcg_to, f1_to, hit1_from, ...}: the item keys the retrieval tables read."""
+    return {f"{k}_to": v for k, v in to_eng.items()} | {f"{k}_from": v for k, v in from_eng.items()}
 
 
 def _resample(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,8 +129,13 @@ def bootstrap_delta_ci(model: list[np.ndarray], base: list[np.ndarray], samples:
 # ---------------------------------------------------------------- bilingual lexicon induction
 
 def bundled_dictionary_path(lang: str) -> str | None:
+    """The bundled FreeDict subset of `lang` (a dictd prefix), or None. A distribution may leave the GPL-licensed
+    freedict/ folder out (see NOTICE.freedict): then there is none."""
     pair = BUNDLED_DICTIONARIES.get(lang)
-    return str(resources.files("pipeline.corpus").joinpath("freedict", pair)) if pair else None
+    if pair is None:
+        return None
+    folder = resources.files("pipeline.corpus").joinpath("freedict")
+    return str(folder.joinpath(pair)) if folder.joinpath(pair + ".index").is_file() else None
 
 
 def cldr_word_pairs(lang: str) -> dict[str, set[str]]:
@@ -207,30 +263,153 @@ def probe_scores(x_train: np.ndarray | None, y_train: list, x_test: np.ndarray, 
     return {"correct": correct, "macro_f1": macro_f1(list(y_test), pred)}
 
 
-# ---------------------------------------------------------------- summaries
+# ---------------------------------------------------------------- user files
 
-# ---------------------------------------------------------------- STS: scored sentence pairs
+def read_table(path: str, columns: tuple[str, ...], what: str) -> list[dict]:
+    """Rows (each with its `line`) of a user csv / tsv / jsonl / parquet file that has `columns`.
+
+    Raises Skipped when the file does not exist (the report shows why the language has no score) and ValueError
+    naming the file when a column is missing.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise Skipped(f"{what} file {path} does not exist")
+    records = read_records(p)
+    missing = [c for c in columns if records and c not in records[0]]
+    if missing:
+        found = sorted(k for k in records[0] if k not in ("line", None))
+        raise ValueError(f"{path}: no column {', '.join(missing)} (needs {', '.join(columns)}; the file has {', '.join(found)})")
+    return records
+
+
+def _cell(row: dict, column: str) -> str:
+    """A field as stripped text; a missing or null field is empty."""
+    value = row.get(column)
+    return "" if value is None else str(value).strip()
+
+
+def _text_lines(path: str) -> list[str]:
+    """The stripped lines of a UTF-8 text file, blank lines at its end dropped.
+
+    Split on newlines only, as editors and `wc -l` count lines (str.splitlines would also split on U+2028, U+0085...).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise Skipped(f"parallel file {path} does not exist")
+    try:
+        lines = [line.strip() for line in p.read_text(encoding="utf-8").split("\n")]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def aligned_text_files(target: str, english: str) -> list[tuple[str, str]]:
+    """(sentence, English translation) pairs of two line-aligned text files: line i of one translates line i of the other.
+
+    A line blank in both files (a paragraph break) is left out; a line blank in one file only is an error, because
+    from there on the files are out of step or a translation is missing.
+    """
+    src, eng = _text_lines(target), _text_lines(english)
+    if len(src) != len(eng):
+        raise ValueError(f"parallel files are not aligned: {target} has {len(src)} lines, {english} has {len(eng)} "
+                         "(blank lines at the end not counted); line i of one must be the translation of line i of the other")
+    pairs = []
+    for n, (s, e) in enumerate(zip(src, eng), 1):
+        if s and e:
+            pairs.append((s, e))
+        elif s or e:
+            blank, other = (target, english) if not s else (english, target)
+            raise ValueError(f"{blank}:{n}: empty line, but line {n} of {other} is not; each sentence needs its "
+                             "translation on the same line (leave a line blank in both files to skip it)")
+    return pairs
+
+
+def parallel_table(path: str, lang: str) -> list[tuple[str, str]]:
+    """(sentence, English translation) pairs of a table with columns `<lang>` and `eng`; a row blank in both is left out."""
+    pairs = []
+    for r in read_table(path, (lang, PIVOT), "parallel"):
+        s, e = _cell(r, lang), _cell(r, PIVOT)
+        if s and e:
+            pairs.append((s, e))
+        elif s or e:
+            empty, full = (lang, PIVOT) if not s else (PIVOT, lang)
+            raise ValueError(f"{path}:{r['line']}: field {empty!r} is empty but {full!r} is not; each sentence needs its translation")
+    return pairs
+
+
+def read_parallel(lang: str, source: str | list[str]) -> tuple[list[str], list[str]]:
+    """(sentences, English translations) of `evaluate.parallel.<lang>`: one table, or two aligned text files."""
+    pairs = parallel_table(source, lang) if isinstance(source, str) else aligned_text_files(*source)
+    if len(pairs) < 2:
+        raise Skipped(f"{len(pairs)} sentence pair(s) in {source}; retrieval needs at least 2")
+    return [s for s, _ in pairs], [e for _, e in pairs]
+
+
+def parallel_items(src_vecs: np.ndarray, eng_vecs: np.ndarray, src: list[str], eng: list[str]) -> dict:
+    """Both directions over one parallel file: each sentence retrieves its translation among every distinct sentence of
+    the other language in the file. A sentence that occurs twice is one candidate, right for both its partners."""
+    def pool(vecs: np.ndarray, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+        first: dict[str, int] = {}  # text -> its first row, in file order
+        for i, t in enumerate(texts):
+            first.setdefault(t, i)
+        return vecs[list(first.values())], list(first)
+
+    return both_directions(bitext_direction(src_vecs, eng, *pool(eng_vecs, eng)),
+                           bitext_direction(eng_vecs, src, *pool(src_vecs, src)))
+
+
+QUERY_DOC_COLUMNS = ("query", "document")
+
+
+def read_query_docs(path: str) -> tuple[list[str], list[str], list[set[int]]]:
+    """(queries, documents, indices of each query's relevant documents) of a file with query, document [, doc_id] columns.
+
+    A row pairs a query with one relevant document; a query on several rows has several. A row without a query adds
+    its document to the pool only (a distractor). Rows with the same doc_id are one document, whose text need be given
+    only once; without doc_id a document is its text. The pool is every document of the file, in file order.
+    """
+    rows = read_table(path, QUERY_DOC_COLUMNS, "query/document")
+    texts: dict[str, str] = {}  # document key (doc_id, else its text) -> text
+    first_line: dict[str, int] = {}
+    relevant: dict[str, set[str]] = {}  # query -> keys of its relevant documents
+    for r in rows:
+        query, text, doc_id = _cell(r, "query"), _cell(r, "document"), _cell(r, "doc_id")
+        key = doc_id or text
+        if not key:
+            raise ValueError(f"{path}:{r['line']}: field 'document' is empty" + (" and so is 'doc_id'" if "doc_id" in r else ""))
+        if text and texts.get(key) and texts[key] != text:
+            raise ValueError(f"{path}:{r['line']}: doc_id {doc_id!r} has another document text on line {first_line[key]}")
+        first_line.setdefault(key, r["line"])
+        texts[key] = texts.get(key) or text
+        if query:
+            relevant.setdefault(query, set()).add(key)
+    textless = [k for k, t in texts.items() if not t]
+    if textless:
+        raise ValueError(f"{path}:{first_line[textless[0]]}: doc_id {textless[0]!r} has no document text on any line")
+    if not relevant:
+        raise Skipped(f"no row of {path} has a query")
+    if len(texts) < 2:
+        raise Skipped(f"{path} has one document; ranking needs at least 2")
+    index = {k: i for i, k in enumerate(texts)}
+    return list(relevant), list(texts.values()), [{index[k] for k in keys} for keys in relevant.values()]
+
+
+def query_doc_items(query_vecs: np.ndarray, doc_vecs: np.ndarray, relevant: list[set[int]]) -> dict:
+    """Per query: hit1, rr, ndcg of its relevant documents among every document (cosine)."""
+    return ranking_scores(_normalise(query_vecs) @ _normalise(doc_vecs).T, relevant)
+
 
 STS_COLUMNS = ("sentence1", "sentence2", "score")
 
 
 def read_sts(path: str) -> tuple[list[str], list[str], np.ndarray]:
     """(sentences 1, sentences 2, gold scores) from a csv / tsv / jsonl / parquet file; bad rows are named by line."""
-    from pathlib import Path
-
-    from pipeline.seeds import read_records
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise Skipped(f"STS file {path} does not exist")
-    records = read_records(p)
-    missing = [c for c in STS_COLUMNS if records and c not in records[0]]
-    if missing:
-        raise ValueError(f"{path}: no column {', '.join(missing)} (needs {', '.join(STS_COLUMNS)})")
     s1, s2, gold = [], [], []
-    for r in records:
+    for r in read_table(path, STS_COLUMNS, "STS"):
         n = r["line"]
-        if not str(r.get("sentence1") or "").strip() or not str(r.get("sentence2") or "").strip():
+        if not _cell(r, "sentence1") or not _cell(r, "sentence2"):
             raise ValueError(f"{path}:{n}: sentence1 and sentence2 must both be non-empty")
         try:
             score = float(r.get("score"))
@@ -257,6 +436,8 @@ def sts_scores(vecs1: np.ndarray, vecs2: np.ndarray, gold: np.ndarray) -> dict:
         return {"spearman": 0.0, "pearson": 0.0, "n": len(gold)}  # the model cannot tell the pairs apart
     return {"spearman": float(spearmanr(cos, gold).statistic), "pearson": float(pearsonr(cos, gold).statistic), "n": len(gold)}
 
+
+# ---------------------------------------------------------------- summaries
 
 def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], metrics: dict[str, str], primary: str,
               models: list[str], samples: int, level: float = 0.95, seed: int = 0, extra: dict | None = None) -> dict:

