@@ -179,6 +179,18 @@ def prepare_tasks(cfg: RunConfig, langs: list[str]) -> tuple[dict, dict]:
     return data, skipped
 
 
+def check_user_files(cfg: RunConfig) -> None:
+    """Read every evaluation file the user named (STS, parallel, query/document pairs), so a malformed one fails a run
+    before its first stage rather than after hours of synthesis and training."""
+    for task in USER_FILE_TASKS:
+        if task in active_tasks(cfg):
+            for lang in cfg.languages:
+                try:
+                    TASK_DATA[task](cfg, lang)
+                except tasks.Skipped:
+                    pass  # missing or too little data: a "skipped" row in the report, not an error
+
+
 def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig, task_data: dict | None = None) -> dict:
     """Legacy retrieval scores {"per_language", "average"}, plus "_items": task -> lang -> per-item vectors."""
     from sentence_transformers import SentenceTransformer

@@ -215,4 +215,6 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, force: bool = 
                  log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run the named stages (default: all) in pipeline order; return their manifests."""
     chosen = [s for s in STAGES if stages is None or s.name in stages]
+    if any(s.name == "evaluate" for s in chosen):
+        evaluate.check_user_files(cfg)
     return {s.name: run_stage(cfg, s, force=force, log=log) for s in chosen}

@@ -69,6 +69,15 @@ def test_a_gpu_config_on_a_cluster_without_gpus_fails_before_training_is_schedul
     check_cluster_resources(make_config(), stage_by_name("train"))  # the CPU config passes
 
 
+def test_a_misaligned_evaluation_file_fails_the_run_before_its_first_stage(make_config, tmp_path):
+    (tmp_path / "yor.txt").write_text("Ẹ kú àárọ̀\nO dàbọ̀\nẸ ṣé\n")
+    (tmp_path / "eng.txt").write_text("Good morning\nGoodbye\n")
+    cfg = make_config(evaluate={"parallel": {"yor": [str(tmp_path / "yor.txt"), str(tmp_path / "eng.txt")]}})
+    with pytest.raises(ValueError, match=r"not aligned: .*yor.txt has 3 lines, .*eng.txt has 2"):
+        run_pipeline(cfg)
+    assert not (Path(cfg.run_dir) / "seeds").exists()
+
+
 def test_a_bad_seed_file_fails_before_anything_is_written(make_config, tmp_path):
     cfg = make_config(seeds={"files": [str(tmp_path / "missing.yor.txt")]})
     with pytest.raises(ValueError, match="missing.yor.txt does not exist"):
