@@ -23,6 +23,7 @@ OK = "ok"
 REQUEST_COLUMNS = ("id", "lang", "strategy", "role", "adapter", "anchor", "messages")
 KEPT_COLUMNS = REQUEST_COLUMNS[:-1]  # an answer row: these + raw + status (the prompt is rebuilt on demand)
 STOP = ["\n"]  # one sentence is asked for: a new line ends the answer
+GENERATION_TASK_RETRIES = 3  # hf engine: tries of a batch whose actor died under it (see generate_hf)
 
 
 # ---------------------------------------------------------------- hf: transformers + peft
@@ -32,7 +33,7 @@ class HFGenerator:
 
     def __init__(self, model_path: str, generator: dict, adapters: dict[str, str]):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, StopStringCriteria
 
         torch.set_num_threads(generator["torch_threads"] or max(1, math.ceil(generator["cpus_per_actor"])))
         self.torch = torch
@@ -44,6 +45,9 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
         self.peft = None  # a PeftModel around self.model once the first adapter is loaded
+        # Built once: generate(stop_strings=...) rebuilds it from the whole vocabulary on every call (~0.15 s for
+        # SmolLM2's 49k tokens), and with one adapter per language there is a call per language and role.
+        self.stop = StoppingCriteriaList([StopStringCriteria(self.tokenizer, STOP)])
 
     def use_adapter(self, name: str | None):
         """A context in which generation uses adapter `name` (None = the base model)."""
@@ -73,7 +77,7 @@ class HFGenerator:
             out = model.generate(
                 **enc, max_new_tokens=self.gen["max_new_tokens"], do_sample=sample,
                 temperature=self.gen["temperature"] if sample else None, top_p=None, top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id, stop_strings=STOP, tokenizer=self.tokenizer,
+                pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=self.stop,
             )
         return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
@@ -137,6 +141,15 @@ def generate_hf(ds, generator: dict, model_path: str, adapters: dict[str, str]):
         compute=ray.data.ActorPoolStrategy(size=generator["num_actors"]),
         num_cpus=generator["cpus_per_actor"],
         batch_format="numpy",
+        # Set here, not left to Ray Data's defaults: an actor that dies (OOM kill, lost node) is restarted however
+        # often that happens in a long run, and the batches it held are generated again on the restarted actor.
+        # Ray numbers the outputs of a task and takes each number once, so a batch that had already passed some rows
+        # on before its actor died does not pass them twice: every request is answered exactly once
+        # (tests/pipeline/test_fault_tolerance.py). A batch that kills its actor every time fails the stage after
+        # GENERATION_TASK_RETRIES tries instead of looping forever; the rerun starts the stage afresh. (Ray 2.60 has
+        # no named parameter for these: it warns that extra remote args go away in 2.64.)
+        max_restarts=-1,
+        max_task_retries=GENERATION_TASK_RETRIES,
     )
 
 

@@ -12,6 +12,7 @@ import json
 import random
 import re
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -58,7 +59,7 @@ def language_of_file(path: Path, languages: list[str]) -> str:
     if code not in languages:
         raise SeedError(
             f"{path}: cannot tell its language: the file has no `lang` column and its name does not end in one of "
-            f"the configured languages {languages} (name it e.g. seeds.{languages[0]}{path.suffix}, or add a `lang` column)"
+            f"the configured languages {shown(languages)} (name it e.g. seeds.{languages[0]}{path.suffix}, or add a `lang` column)"
         )
     return code
 
@@ -92,6 +93,11 @@ def read_records(path: Path) -> list[dict]:
     raise SeedError(f"{path}: unsupported seed file type {suffix!r} (use .txt, .jsonl, .csv, .tsv or .parquet)")
 
 
+def shown(languages: list[str], most: int = 12) -> str:
+    """The configured languages for an error message; a list of thousands is cut."""
+    return str(languages) if len(languages) <= most else f"[{', '.join(languages[:most])}, ... {len(languages)} in all]"
+
+
 def read_seed_file(path_text: str, languages: list[str]) -> list[tuple[str, str]]:
     """(lang, text) pairs of one user file; raise SeedError naming file, line and field."""
     path = Path(path_text).expanduser()
@@ -102,14 +108,14 @@ def read_seed_file(path_text: str, languages: list[str]) -> list[tuple[str, str]
         raise SeedError(f"{path}: the file is empty (no seed text)")
     has_lang = "lang" in records[0]
     default_lang = None if has_lang else language_of_file(path, languages)
-    pairs = []
+    known, pairs = set(languages), []
     for row in records:
         if "text" not in row:
             fields = sorted(k for k in row if k != "line")
             raise SeedError(f"{path}:{row['line']}: no `text` field (fields: {fields})")
         lang = row.get("lang") if has_lang else default_lang
-        if lang not in languages:
-            raise SeedError(f"{path}:{row['line']}: lang {lang!r} is not one of the configured languages {languages}")
+        if lang not in known:
+            raise SeedError(f"{path}:{row['line']}: lang {lang!r} is not one of the configured languages {shown(languages)}")
         text = normalise(str(row["text"] or ""))
         if text:
             pairs.append((lang, text))
@@ -165,7 +171,8 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     train_path, eval_path = join(out_dir, "train.parquet"), join(out_dir, "eval.parquet")
     pq.write_table(pa.Table.from_pylist(rows, schema=TRAIN_SCHEMA), train_path)
     pq.write_table(pa.Table.from_pylist(eval_rows, schema=EVAL_SCHEMA), eval_path)
-    per_lang = {lang: sum(r["lang"] == lang for r in rows) for lang in langs}
+    counts = Counter(r["lang"] for r in rows)  # one pass: a run may have thousands of languages
+    per_lang = {lang: counts[lang] for lang in langs}
     return StageOutput(
         outputs={"train": train_path, "eval": eval_path},
         counts={"anchors": len(rows), "eval_units": len(eval_units), "dropped_held_out_copies": leaked},

@@ -96,6 +96,7 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
     """
     from pipeline.adapters import find_adapter
 
+    by_lang = registry_by_language(registry)
     requests = []
     for row in seeds:
         language = "English" if cfg.synthesis.output_language == "eng" else language_name(row["lang"])
@@ -103,7 +104,7 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
             for role in ROLES:
                 adapter = ""  # the base model; "" not None, so the column stays a string column in every batch format
                 if strategy != "icl":
-                    found = find_adapter(registry, strategy, role, row["lang"])
+                    found = find_adapter(by_lang.get(row["lang"], []) + by_lang.get(None, []), strategy, role, row["lang"])
                     if found is None:
                         raise ValueError(f"synthesize: no {strategy} adapter for role {role} and language {row['lang']} in the "
                                          "adapters registry; rerun the adapters stage (`bootembed adapters CONFIG`)")
@@ -114,6 +115,18 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
                                  "anchor": row["text"], "messages": json.dumps(messages, ensure_ascii=False)})
     requests.sort(key=lambda r: (r["adapter"], len(r["anchor"])))
     return requests
+
+
+def registry_by_language(registry: list[dict]) -> dict[str | None, list[dict]]:
+    """Registry rows per language (None: adapters that serve every language), each list in registry order.
+
+    With thousands of languages the registry has thousands of rows: a request looks only at its language's few
+    and the shared ones, instead of scanning the whole registry (which made planning quadratic in languages).
+    """
+    by_lang: dict[str | None, list[dict]] = {}
+    for r in registry:
+        by_lang.setdefault(r["lang"], []).append(r)
+    return by_lang
 
 
 def assemble_triplets(answers: list[dict]) -> list[dict]:

@@ -1,0 +1,149 @@
+"""Synthesis survives a crashed generation actor, and an interrupted stage reruns cleanly from the manifests.
+
+Real Ray Data, real (tiny) generator: a thread watches answers/ and strikes once the first answers are written.
+"""
+
+import _thread
+import glob
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import synthesize
+from pipeline.run import manifest_path, output_path, run_pipeline
+from pipeline.synthesize import OK
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def answered_rows(answers_dir: str) -> int:
+    """Rows in the answer files written so far (a file still being written counts when it is complete)."""
+    rows = 0
+    for path in glob.glob(os.path.join(answers_dir, "*.parquet")):
+        try:
+            rows += pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowInvalid):
+            pass
+    return rows
+
+
+def live_generator_actors() -> dict[str, int]:
+    """actor id -> pid of the live hf generation actors of this test's Ray instance.
+
+    ray.util.state.list_actors asks the dashboard, which the test instance does not start (and without an address it
+    looks for Ray instances all over the machine); the GCS actor table belongs to this instance alone.
+    """
+    import ray._private.state
+
+    return {actor_id: a["Pid"] for actor_id, a in ray._private.state.actors().items()
+            if "HFGenerator" in a["ActorClassName"] and a["State"] == "ALIVE"}
+
+
+def restarts_of(actor_id: str) -> int:
+    import ray._private.state
+
+    return ray._private.state.actors(actor_id)["NumRestarts"]
+
+
+class WhenAnswersAppear(threading.Thread):
+    """Calls `strike` once some answers are written to `answers_dir`; records how many rows were written by then."""
+
+    def __init__(self, answers_dir: str, strike):
+        super().__init__(daemon=True)
+        self.answers_dir, self.strike = answers_dir, strike
+        self.answered_before = None
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            answered = answered_rows(self.answers_dir)
+            if answered and self.strike():
+                self.answered_before = answered
+                return
+            time.sleep(0.05)
+
+
+def crash_generator_actor(killed: dict):
+    """SIGKILL the generation actor's process, as the OOM killer or a lost node would. (Not ray.kill: by default it
+    forbids the restart, which no retry setting can survive.) Returns False while there is no live actor yet."""
+    actors = live_generator_actors()
+    if not actors:
+        return False
+    actor_id, pid = next(iter(actors.items()))
+    os.kill(pid, signal.SIGKILL)
+    killed.update(actor_id=actor_id, pid=pid)
+    return True
+
+
+def request_keys(rows: list[dict]) -> Counter:
+    return Counter((r["id"], r["strategy"], r["role"]) for r in rows)
+
+
+def test_synthesis_answers_every_request_exactly_once_when_its_generation_actor_is_killed(ray_local, make_config,
+                                                                                          tiny_generator, tmp_path):
+    seeds = [{"id": f"yor-{i:03d}", "lang": "yor", "text": f"Gbogbo ènìyàn ni a bí ní òmìnira, nọ́mbà {i}."} for i in range(100)]
+    seeds_path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(seeds), seeds_path)
+    # 200 requests in batches of 4: a dozen blocks, so the actor dies with most of them still to answer.
+    cfg = make_config(languages=["yor"], generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4},
+                      synthesis={"num_shots": 0})
+    out = tmp_path / "synth"
+    killed: dict = {}
+    watcher = WhenAnswersAppear(str(out / "answers"), lambda: crash_generator_actor(killed))
+    watcher.start()
+    try:
+        result = synthesize.run(cfg, {"train": str(seeds_path)}, str(out))
+    finally:
+        watcher.done.set()
+
+    expected = {(s["id"], "icl", role) for s in seeds for role in ("positive", "negative")}
+    assert killed, "the generation actor was never killed: the run finished before the first answers were seen"
+    assert 0 < watcher.answered_before < len(expected), "killed mid-run: some but not all requests answered"
+    assert restarts_of(killed["actor_id"]) >= 1, "Ray restarted the killed actor"
+
+    answers = pads.dataset(result.outputs["answers"], format="parquet").to_table().to_pylist()
+    counts = request_keys(answers)
+    assert set(counts) == expected, "no request lost"
+    assert max(counts.values()) == 1, f"no request answered twice: {[k for k, n in counts.items() if n > 1][:5]}"
+    assert {a["status"] for a in answers} == {OK}, "the crash is not an engine error of any row"
+    rows = pq.read_table(result.outputs["generations"]).to_pylist()
+    assert sorted(r["id"] for r in rows) == [s["id"] for s in seeds], "one generations row per anchor"
+    assert not [r["status"] for r in rows if "missing" in r["status"]], "every role of every anchor has its answer"
+
+
+def test_an_interrupted_synthesis_reruns_alone_and_leaves_no_rows_of_the_interrupted_attempt(ray_local, make_config,
+                                                                                             tiny_generator):
+    cfg = make_config(languages=["yor"], seeds={"max_per_language": 30},
+                      generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4}, synthesis={"num_shots": 0})
+    answers_dir = os.path.join(cfg.run_dir, "synthesize", "answers")
+    stages = ["seeds", "adapters", "synthesize"]
+
+    # Ctrl-C once the first answers are on disk.
+    watcher = WhenAnswersAppear(answers_dir, lambda: _thread.interrupt_main() or True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(cfg, stages)
+    finally:
+        watcher.done.set()
+    assert os.path.exists(manifest_path(cfg, "adapters")) and not os.path.exists(manifest_path(cfg, "synthesize"))
+    assert 0 < answered_rows(answers_dir) < 60, "interrupted with part of the 30 anchors x 2 roles answered"
+
+    logs = []
+    manifests = run_pipeline(cfg, stages, log=logs.append)
+    stage_of = lambda line: line.split("]")[0][1:]  # noqa: E731
+    assert [stage_of(line) for line in logs if "up to date" in line] == ["seeds", "adapters"], logs
+    assert [stage_of(line) for line in logs if "running" in line] == ["synthesize"], logs
+    answers = pads.dataset(output_path(cfg, manifests["synthesize"], "answers"), format="parquet").to_table().to_pylist()
+    anchors = pq.read_table(output_path(cfg, manifests["seeds"], "train")).column("id").to_pylist()
+    counts = request_keys(answers)
+    assert set(counts) == {(a, "icl", role) for a in anchors for role in ("positive", "negative")}
+    assert max(counts.values()) == 1, "no row of the interrupted attempt survives beside its rerun"
+    assert manifests["synthesize"]["counts"]["rows"] == len(anchors) == 30
