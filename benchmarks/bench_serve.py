@@ -1,40 +1,45 @@
-"""Throughput and latency of `bootembed serve`'s API vs a plain one-process FastAPI server, in one run.
+"""Throughput, latency and CPU cost of `bootembed serve`'s API vs other servers of the same model, in one run.
 
 What it measures
-    Both servers embed with the bundled all-MiniLM-L6-v2 (normalised vectors) on loopback, with the same
-    number of torch threads (--threads, default 1 as `bootembed serve` uses):
+    Every server embeds with the bundled all-MiniLM-L6-v2 (normalised vectors) on loopback:
 
-    * bootembed: `serve.app.build_app` on a fresh local Ray instance started by this script (Ray Serve
-      proxy -> Api ingress -> Encoder replica(s) with @serve.batch dynamic batching), once per
-      --replicas value (default 1 and 2 encoder replicas, each with --threads torch threads).
-    * baseline: FastAPI + uvicorn + sentence-transformers in one subprocess, encoding each request as it
-      comes (a sync endpoint, so uvicorn's thread pool runs requests side by side, unbatched; with
-      several requests in flight it can keep both cores busy even with one torch thread per call).
+    * baseline: FastAPI + uvicorn + sentence-transformers in one subprocess that this script writes, encoding each
+      request as it comes (a sync endpoint, so uvicorn's thread pool runs requests side by side, unbatched, each
+      with one torch thread: its best setting on 2 cores).
+    * bootembed: `serve.app.build_app` at AppArgs' defaults (or --app-args) on a private local Ray instance: Ray
+      Serve proxy -> Api ingress -> one Encoder replica batching requests.
+    * infinity (with --infinity PATH, the `infinity_emb` command of a separate venv): Infinity's own server on the
+      same folder, torch engine on CPU. If it cannot start, the reason is printed and the run goes on without it.
 
-    Ray runs its workers at nice 15; the baseline server runs at the same niceness, so that on a shared
-    machine both get the same share of the CPU against other people's jobs.
+    Ray runs its workers at nice 15; the other servers run at the same niceness, so that on a shared machine all
+    get the same share of the CPU against other people's jobs.
 
-    For each concurrency level (default 8 and 32 clients), closed-loop asyncio clients (aiohttp) send
-    requests of 1-16 texts (random, seeded, every text unique) for a fixed time. A request counts as an
-    error if it fails, is not 200, or returns the wrong number / shape / norm of vectors; every 10th
-    request's vectors are kept and compared against sentence-transformers run in this process after the
-    load (cosine > 0.999 per vector), so a lost, reordered or wrong answer shows up as an error.
+    Workloads: "1-16" (every request 1-16 texts of 4-40 words) and "mixed" (70% single texts, 25% 2-32 texts, 5%
+    bulk requests of 64-128), each at every --levels number of closed-loop asyncio clients (aiohttp), for --seconds.
+    Every text is unique. A request counts as an error if it fails, is not 200, or returns the wrong number / shape
+    / norm of vectors; every 10th request's vectors are compared with sentence-transformers in this process after
+    the load (cosine > 0.999 per vector), so a lost, reordered or wrong answer shows up as an error.
 
-    The machine may be shared and the load generator runs on the same 2 cores: compare the ratios in the
-    table, not absolute numbers across runs.
+    Servers take turns, round after round (--rounds, the order reversed every other round), each started for its
+    turn and stopped after it, so that drift in a shared machine's load hits all of them alike; results add up
+    over rounds. "CPU ms/text" is the CPU time of every process the server consists of (for bootembed the whole
+    Ray instance: GCS, raylet, controller, proxy, replicas) per text answered: unlike texts/s it hardly depends on
+    how much of the machine other jobs left free, so it is the column to compare across runs.
 
 Run
-    python benchmarks/bench_serve.py [--levels 8 32] [--seconds 12] [--threads 1] [--replicas 1 2]
+    python benchmarks/bench_serve.py [--levels 8 32 128] [--seconds 10] [--rounds 1]
+        [--infinity /work/infinity-venv/bin/infinity_emb] [--app-args '{"concurrent_batches": 1}']
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -52,6 +57,7 @@ WORDS = ("river market morning rain teacher village song harvest road child mark
          "letter friend garden night story").split()
 SAMPLE_EVERY = 10  # keep every 10th request's vectors for the reference check
 RAY_WORKER_NICENESS = 15
+REQUEST_TIMEOUT_S = 180  # 128 clients on a busy 2-core machine wait tens of seconds: slow, not failed
 
 
 def free_port() -> int:
@@ -60,27 +66,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, seconds: float = 120) -> None:
+def wait_healthy(health_url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before answering")
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):
+            with urllib.request.urlopen(health_url, timeout=2):
                 return
         except OSError:
             time.sleep(0.5)
-    raise RuntimeError(f"{url} did not become healthy in {seconds}s")
+    raise RuntimeError(f"{health_url} did not answer in {seconds}s")
 
 
-# --- the baseline server (runs in a subprocess: python bench_serve.py --baseline-server PORT PATH THREADS) ---
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and their children so far (gone processes count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            procs = [psutil.Process(pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.Error:
+            continue
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    return total
 
 
-def run_baseline_server(port: int, path: str, threads: int) -> None:
+# --- the servers: each one starts, says which processes are its own and what URL serves it, and stops ---
+
+
+class Server:
+    name: str
+    url: str
+
+    def start(self) -> None: ...
+    def pids(self) -> list[int]: ...
+    def stop(self) -> None: ...
+
+
+def run_baseline_server(port: int, path: str) -> None:
+    """The baseline, as its subprocess runs it: python bench_serve.py --baseline-server PORT PATH."""
     import torch
     import uvicorn
     from fastapi import FastAPI
     from sentence_transformers import SentenceTransformer
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # one per request: the thread pool runs requests side by side on both cores
     model = SentenceTransformer(path, device="cpu")
     app = FastAPI()
 
@@ -99,46 +137,81 @@ def run_baseline_server(port: int, path: str, threads: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def start_baseline(path: str, threads: int) -> tuple[str, subprocess.Popen]:
+class Subprocess(Server):
+    """A server that is one command line (and the processes it starts), at Ray's workers' niceness."""
+
+    def __init__(self, name: str, command: list[str], port: int, health_path: str, env: dict[str, str] | None = None):
+        self.name, self.command, self.env = name, command, {**os.environ, **(env or {})}
+        self.url = f"http://127.0.0.1:{port}"
+        self.health_url = self.url + health_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, preexec_fn=lambda: os.nice(RAY_WORKER_NICENESS), env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_healthy(self.health_url, self.proc)
+        except RuntimeError as err:
+            self.stop()
+            raise RuntimeError(f"{err}; its last words: {self.stderr_tail()}") from None
+
+    def stderr_tail(self) -> str:
+        return (self.proc.stderr.read() or "")[-800:].strip() if self.proc and self.proc.poll() is not None else ""
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
+def baseline(path: str) -> Subprocess:
     port = free_port()
-    # Same niceness as Ray's workers (RAY_worker_niceness, 15 by default): a fair share on a shared machine.
-    proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(port), path, str(threads)],
-                            preexec_fn=lambda: os.nice(RAY_WORKER_NICENESS))
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url)
-    return url, proc
+    return Subprocess("baseline", [sys.executable, __file__, "--baseline-server", str(port), path], port, "/healthz")
 
 
-# --- bootembed, on a private local Ray instance ---
-
-
-def start_bootembed(threads: int) -> str:
-    import ray
-    from ray import serve
-
-    os.environ["BOOTEMBED_SERVE_THREADS"] = str(threads)  # read by the Encoder replica; local workers inherit it
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+def infinity(command: str, path: str) -> Subprocess:
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return f"http://127.0.0.1:{port}"
+    # Same model folder, torch on CPU, served under our model name at /v1 (OpenAI's path); other settings its defaults.
+    cli = [command, "v2", "--model-id", path, "--served-model-name", MODEL, "--engine", "torch", "--device", "cpu",
+           "--port", str(port), "--host", "127.0.0.1", "--url-prefix", "/v1", "--no-model-warmup"]
+    return Subprocess("infinity", cli, port, "/health", env={"DO_NOT_TRACK": "1"})  # no usage statistics sent
 
 
-def deploy(path: str, replicas: int) -> None:
-    """(Re)deploy bootembed's app with `replicas` encoder replicas; everything else at build_app's defaults."""
-    from ray import serve
+class Bootembed(Server):
+    """bootembed's app on a private local Ray instance, started for its turn and shut down after it."""
 
-    from serve.app import build_app
+    name = "bootembed"
 
-    serve.run(build_app({MODEL: path}, num_replicas=replicas), name="bench", route_prefix="/")
+    def __init__(self, path: str, app_args: dict):
+        self.path, self.app_args = path, app_args
 
+    def start(self) -> None:
+        import ray
+        from ray import serve
 
-def stop_bootembed() -> None:
-    import ray
-    from ray import serve
+        from serve.app import AppArgs, build_app
 
-    serve.shutdown()
-    ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+                 _node_ip_address="127.0.0.1", log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(AppArgs(models={MODEL: self.path}, **self.app_args)), name="bench", route_prefix="/")
+        self.url = f"http://127.0.0.1:{port}"
+
+    def pids(self) -> list[int]:
+        import psutil
+
+        return [p.pid for p in psutil.Process().children()]  # gcs_server, raylet (with every worker under it), ...
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
 
 
 # --- load generation and checking ---
@@ -154,15 +227,32 @@ class Level:
     error_kinds: dict[str, int] = field(default_factory=dict)
     samples: list[tuple[list[str], np.ndarray]] = field(default_factory=list)
     seconds: float = 0.0
+    cpu: float = 0.0  # server-side CPU seconds
 
     def fail(self, kind: str) -> None:
         self.errors += 1
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
+    def add(self, other: Level) -> None:
+        """Fold in another round of the same measurement."""
+        self.latencies += other.latencies
+        self.requests, self.texts, self.errors = self.requests + other.requests, self.texts + other.texts, self.errors + other.errors
+        for kind, n in other.error_kinds.items():
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
+        self.samples += other.samples
+        self.seconds, self.cpu = self.seconds + other.seconds, self.cpu + other.cpu
 
-def make_texts(rng: random.Random, tag: str) -> list[str]:
-    """1-16 unique texts of 4-40 words: a mix of short and long inputs, like real traffic."""
-    return [f"{tag}-{i} " + " ".join(rng.choices(WORDS, k=rng.randint(4, 40))) for i in range(rng.randint(1, 16))]
+
+def request_size(rng: random.Random, workload: str) -> int:
+    if workload == "1-16":
+        return rng.randint(1, 16)
+    draw = rng.random()  # "mixed": interactive queries among bulk jobs
+    return 1 if draw < 0.70 else rng.randint(2, 32) if draw < 0.95 else rng.randint(64, 128)
+
+
+def make_texts(rng: random.Random, tag: str, workload: str) -> list[str]:
+    """Unique texts of 4-40 words: a mix of short and long inputs, like real traffic."""
+    return [f"{tag}-{i} " + " ".join(rng.choices(WORDS, k=rng.randint(4, 40))) for i in range(request_size(rng, workload))]
 
 
 def check(answer: dict, texts: list[str]) -> np.ndarray | str:
@@ -178,11 +268,11 @@ def check(answer: dict, texts: list[str]) -> np.ndarray | str:
     return vectors
 
 
-async def client(session, url: str, level: Level, seed: int, stop_at: float) -> None:
+async def client(session, url: str, level: Level, seed: int, stop_at: float, workload: str) -> None:
     rng = random.Random(seed)
     n = 0
     while time.monotonic() < stop_at:
-        texts = make_texts(rng, f"c{seed}r{n}")
+        texts = make_texts(rng, f"c{seed}r{n}", workload)
         level.requests += 1
         started = time.perf_counter()
         try:
@@ -204,17 +294,34 @@ async def client(session, url: str, level: Level, seed: int, stop_at: float) -> 
         n += 1
 
 
-async def drive(url: str, clients: int, seconds: float, seed: int) -> Level:
+async def drive(url: str, clients: int, seconds: float, seed: int, workload: str) -> Level:
     import aiohttp
 
     level = Level()
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         stop_at = time.monotonic() + seconds
         started = time.monotonic()
-        await asyncio.gather(*(client(session, url, level, seed * 1000 + c, stop_at) for c in range(clients)))
+        await asyncio.gather(*(client(session, url, level, seed * 1000 + c, stop_at, workload) for c in range(clients)))
         level.seconds = time.monotonic() - started  # includes finishing the requests in flight at stop_at
     return level
+
+
+def measure(server: Server, workloads: list[str], levels: list[int], seconds: float, seed: int
+            ) -> dict[tuple[str, int], Level]:
+    asyncio.run(drive(server.url, 4, 2, seed=999, workload="1-16"))  # warm-up: first-request costs are not throughput
+    pids = server.pids()
+    results = {}
+    for workload in workloads:
+        for clients in levels:
+            cpu = cpu_seconds(pids)
+            level = asyncio.run(drive(server.url, clients, seconds, seed=seed * 10_000 + clients, workload=workload))
+            level.cpu = cpu_seconds(pids) - cpu
+            results[(workload, clients)] = level
+            print(f"  {server.name:9s} {workload:5s} {clients:3d} clients: {level.texts / level.seconds:6.1f} texts/s, "
+                  f"{1000 * level.cpu / max(level.texts, 1):5.1f} CPU ms/text, {level.errors} errors", flush=True)
+    return results
 
 
 def verify_samples(level: Level, reference) -> None:
@@ -225,49 +332,35 @@ def verify_samples(level: Level, reference) -> None:
             level.fail("vectors differ from reference")
 
 
-def measure(name: str, url: str, levels: list[int], seconds: float) -> dict[int, Level]:
-    asyncio.run(drive(url, 4, 2, seed=999))  # warm-up: first-request costs are not throughput
-    results = {}
-    for clients in levels:
-        results[clients] = asyncio.run(drive(url, clients, seconds, seed=clients))
-        r = results[clients]
-        print(f"  {name:9s} {clients:3d} clients: {(r.requests - r.errors) / r.seconds:7.1f} req/s, {r.errors} errors", flush=True)
-    return results
-
-
 # --- report ---
 
 
-def row(name: str, clients: int, level: Level, base: Level | None) -> str:
-    req_s, texts_s = (level.requests - level.errors) / level.seconds, level.texts / level.seconds
+def row(name: str, workload: str, clients: int, level: Level, base: Level) -> str:
+    texts_s = level.texts / level.seconds
     p50, p99 = (np.percentile(level.latencies, [50, 99]) * 1000) if level.latencies else (float("nan"),) * 2
-    cells = [name, str(clients), f"{req_s:.1f}", f"{texts_s:.0f}", f"{p50:.0f}", f"{p99:.0f}",
-             f"{level.errors} / {level.requests}"]
-    if base is None:
-        cells += ["1.00x", "1.00x", "1.00x"]
-    else:
-        b_req, b_texts = (base.requests - base.errors) / base.seconds, base.texts / base.seconds
-        b_p99 = np.percentile(base.latencies, 99) * 1000
-        cells += [f"{req_s / b_req:.2f}x", f"{texts_s / b_texts:.2f}x", f"{p99 / b_p99:.2f}x"]
+    base_texts_s, base_p99 = base.texts / base.seconds, np.percentile(base.latencies, 99) * 1000
+    cells = [name, workload, str(clients), f"{(level.requests - level.errors) / level.seconds:.1f}", f"{texts_s:.0f}",
+             f"{p50:.0f}", f"{p99:.0f}", f"{1000 * level.cpu / max(level.texts, 1):.1f}", f"{level.errors} / {level.requests}",
+             f"{texts_s / base_texts_s:.2f}x", f"{p99 / base_p99:.2f}x"]
     return "| " + " | ".join(cells) + " |"
 
 
-def table(baseline: dict[int, Level], bootembed: dict[int, dict[int, Level]]) -> str:
-    lines = ["| server | clients | req/s | texts/s | p50 ms | p99 ms | errors / requests | req/s vs base | texts/s vs base | p99 vs base |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for clients in baseline:
-        lines.append(row("baseline", clients, baseline[clients], None))
-        for replicas, results in bootembed.items():
-            lines.append(row(f"bootembed, {replicas} replica(s)", clients, results[clients], baseline[clients]))
+def table(results: dict[str, dict[tuple[str, int], Level]]) -> str:
+    lines = ["| server | workload | clients | req/s | texts/s | p50 ms | p99 ms | CPU ms/text | errors / requests "
+             "| texts/s vs baseline | p99 vs baseline |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, base in results["baseline"].items():
+        lines += [row(name, *key, by_key[key], base) for name, by_key in results.items() if key in by_key]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--levels", type=int, nargs="+", default=[8, 32], help="concurrent clients per level")
-    parser.add_argument("--seconds", type=float, default=12, help="load time per level and server")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server's model")
-    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="bootembed encoder replicas to try")
+    parser.add_argument("--levels", type=int, nargs="+", default=[8, 32, 128], help="concurrent clients per level")
+    parser.add_argument("--workloads", nargs="+", default=["1-16", "mixed"], choices=["1-16", "mixed"])
+    parser.add_argument("--seconds", type=float, default=10, help="load time per level and server")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each server takes (results add up)")
+    parser.add_argument("--infinity", help="the infinity_emb command of a venv where infinity-emb is installed")
+    parser.add_argument("--app-args", default="{}", help="AppArgs fields (JSON) that bootembed overrides")
     parser.add_argument("--cache-dir", default="~/.cache/bootembed")
     args = parser.parse_args()
 
@@ -278,44 +371,49 @@ def main() -> None:
 
     torch.set_num_threads(1)
     path = resolve_model("bundled:all-minilm-l6-v2", os.path.expanduser(args.cache_dir))
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
+    servers: list[Server] = [baseline(path), Bootembed(path, json.loads(args.app_args))]
+    if args.infinity:
+        if shutil.which(args.infinity):
+            servers.append(infinity(args.infinity, path))
+        else:
+            print(f"infinity: {args.infinity} is not an executable; measured without it")
 
-    print(f"baseline (FastAPI + uvicorn, one process, {args.threads} torch thread(s)) ...", flush=True)
-    url, proc = start_baseline(path, args.threads)
-    try:
-        baseline = measure("baseline", url, args.levels, args.seconds)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-    bootembed: dict[int, dict[int, Level]] = {}
-    url = start_bootembed(args.threads)
-    try:
-        for replicas in args.replicas:
-            print(f"bootembed (Ray Serve, {replicas} encoder replica(s), {args.threads} torch thread(s) each) ...", flush=True)
-            t0 = time.monotonic()
-            deploy(path, replicas)
-            print(f"  deployed in {time.monotonic() - t0:.1f}s", flush=True)
-            bootembed[replicas] = measure("bootembed", url, args.levels, args.seconds)
-    finally:
-        stop_bootembed()
+    results: dict[str, dict[tuple[str, int], Level]] = {}
+    for round_ in range(args.rounds):
+        for server in servers if round_ % 2 == 0 else servers[::-1]:
+            if round_ > 0 and server.name not in results:
+                continue  # it could not start in the first round
+            print(f"round {round_ + 1}: {server.name} ...", flush=True)
+            try:
+                server.start()
+            except Exception as err:  # noqa: BLE001 - a server that cannot start is reported, the others measured
+                print(f"  {server.name} could not start: {type(err).__name__}: {err}", flush=True)
+                continue
+            try:
+                for key, level in measure(server, args.workloads, args.levels, args.seconds, seed=round_).items():
+                    results.setdefault(server.name, {}).setdefault(key, Level()).add(level)
+            finally:
+                server.stop()
 
     reference = SentenceTransformer(path, device="cpu")
     checked = 0
-    for level in [*baseline.values(), *(lv for r in bootembed.values() for lv in r.values())]:
-        verify_samples(level, reference)
-        checked += sum(len(t) for t, _ in level.samples)
-    print(f"\nAll-MiniLM-L6-v2, {args.seconds:.0f}s per level, requests of 1-16 texts, {os.cpu_count()} cores; "
-          f"{checked} sampled vectors compared with the reference; total {time.monotonic() - started:.0f}s\n")
-    print(table(baseline, bootembed))
-    for name, results in (("baseline", baseline), *((f"bootembed {r} replica(s)", b) for r, b in bootembed.items())):
-        for clients, level in results.items():
+    for by_key in results.values():
+        for level in by_key.values():
+            verify_samples(level, reference)
+            checked += sum(len(t) for t, _ in level.samples)
+    print(f"\nAll-MiniLM-L6-v2, {args.rounds} round(s) of {args.seconds:.0f}s per level and server, {os.cpu_count()} cores, "
+          f"load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after; {checked} sampled vectors "
+          f"compared with the reference; total {time.monotonic() - started:.0f}s\n")
+    print(table(results))
+    for name, by_key in results.items():
+        for (workload, clients), level in by_key.items():
             if level.error_kinds:
-                print(f"{name} {clients} clients errors: {level.error_kinds}")
+                print(f"{name} {workload} {clients} clients errors: {level.error_kinds}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--baseline-server":
-        run_baseline_server(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--baseline-server":
+        run_baseline_server(int(sys.argv[2]), sys.argv[3])
     else:
         main()

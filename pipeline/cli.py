@@ -12,6 +12,7 @@ import yaml
 from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
 from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, output_path, run_pipeline
 from pipeline.seeds import SeedError
+from serve.args import AppArgs
 
 app = typer.Typer(help="Bootstrap sentence-embedding models for low-resource languages.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -151,7 +152,8 @@ def config(config: ConfigArg, set: SetOpt = None) -> None:
     typer.echo(yaml.safe_dump(load(config, set).model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
-_SERVE = ServeConfig()  # the serve command's defaults are the config schema's
+_SERVE = ServeConfig()  # host, port and the API key's variable: the run config's serve section
+_APP = AppArgs.model_fields  # the Serve app's own knobs: their defaults and help come from serve.args
 
 
 @app.command()
@@ -159,11 +161,16 @@ def serve(
     sources: Annotated[list[str], typer.Argument(help="Run directories or sentence-transformers folders to serve.")],
     host: Annotated[str, typer.Option(help="Bind address; use 0.0.0.0 only behind an API key or a firewall.")] = _SERVE.host,
     port: Annotated[int, typer.Option(help="HTTP port.", min=1, max=65535)] = _SERVE.port,
-    max_batch_size: Annotated[int, typer.Option(help="Most requests one encoder replica batches together.", min=1)]
-        = _SERVE.max_batch_size,
-    batch_wait_timeout_s: Annotated[float, typer.Option(help="Seconds a batch waits to fill up.", min=0)]
-        = _SERVE.batch_wait_timeout_s,
-    num_replicas: Annotated[int, typer.Option(help="Encoder replicas per model.", min=1)] = _SERVE.num_replicas,
+    max_batch_size: Annotated[int, typer.Option(help=_APP["max_batch_size"].description, min=1)]
+        = _APP["max_batch_size"].default,
+    batch_wait_timeout_s: Annotated[float, typer.Option(help=_APP["batch_wait_timeout_s"].description, min=0)]
+        = _APP["batch_wait_timeout_s"].default,
+    num_replicas: Annotated[int, typer.Option(help=_APP["num_replicas"].description, min=1)] = _APP["num_replicas"].default,
+    multiplex_above: Annotated[int, typer.Option(help=_APP["multiplex_above"].description, min=0)]
+        = _APP["multiplex_above"].default,
+    max_models_per_replica: Annotated[int, typer.Option(help=_APP["max_models_per_replica"].description, min=1)]
+        = _APP["max_models_per_replica"].default,
+    truncate: Annotated[bool, typer.Option(help=_APP["truncate"].description)] = _APP["truncate"].default,
     api_key_env: Annotated[str | None, typer.Option(
         help=f"Require the API key in this environment variable as a Bearer token on /v1/* (default: "
              f"{_SERVE.api_key_env}, if set).")] = None,
@@ -193,6 +200,9 @@ def serve(
     if api_key is None and not is_loopback(host):
         typer.secho(f"warning: binding {host} without an API key exposes the API to the network; set "
                     f"{_SERVE.api_key_env} (or --api-key-env NAME) or bind 127.0.0.1", fg=typer.colors.YELLOW, err=True)
+    args = AppArgs(models=models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                   num_replicas=num_replicas, multiplex_above=multiplex_above,
+                   max_models_per_replica=max_models_per_replica, truncate=truncate, api_key_env=api_key_env)
 
     stop = threading.Event()
     ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024, _node_ip_address="127.0.0.1")
@@ -201,11 +211,12 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-                            num_replicas=num_replicas, api_key=api_key), name="bootembed", route_prefix="/")
+    ray_serve.run(build_app(args), name="bootembed", route_prefix="/")
     auth = f"API key required (from ${api_key_env or _SERVE.api_key_env})" if api_key else "no API key"
-    typer.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings ({num_replicas} replica(s) per model, "
-               f"max batch {max_batch_size}, batch wait {batch_wait_timeout_s}s, {auth}; Ctrl-C stops)")
+    layout = (f"one multiplexed deployment, {max_models_per_replica} model(s) per replica"
+              if len(models) > multiplex_above else "one deployment per model")
+    typer.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings ({layout}, {num_replicas} replica(s) "
+               f"each, max batch {max_batch_size}, batch wait {batch_wait_timeout_s}s, {auth}; Ctrl-C stops)")
     sys.stdout.flush()
     while not stop.is_set():
         stop.wait(1)

@@ -232,11 +232,11 @@ def parallel_source_problem(lang: str, source: str | list[str]) -> str | None:
 
 
 class ServeConfig(_Section):
+    """Where `bootembed serve` listens. The Serve app's own settings (batching, replicas, multiplexing) are
+    serve.args.AppArgs: `bootembed serve --help`, or configs/serve.yaml for Ray's `serve deploy`."""
+
     host: str = Field("127.0.0.1", description="Address the HTTP API binds; 0.0.0.0 exposes it to the network.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
-    max_batch_size: int = Field(32, ge=1, description="Most requests one dynamic batch of an encoder replica collects.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill up.")
-    num_replicas: int = Field(1, ge=1, description="Encoder replicas per served model.")
     api_key_env: str = Field("BOOTEMBED_API_KEY", description="Environment variable holding the API key (Bearer "
                              "token) that /v1/* requires; unset means no key (fine on loopback only).")
 

@@ -5,168 +5,77 @@
     GET  /v1/models                                            -> the served encoders
     GET  /healthz                                              -> always open (no API key needed)
 
-One `Encoder` deployment per model (with @serve.batch dynamic batching) behind one `Api`
-ingress that validates requests and routes them by `model`. Bad requests get a 4xx JSON error
-in OpenAI's shape; the server keeps serving.
+`build_app(AppArgs(...))` is the application builder, also for Ray's own tools (`serve run configs/serve.yaml`,
+`serve deploy`): an `Api` ingress validates requests and routes them by `model` to the `Encoder` deployments
+(serve/_encoder.py): one per model, or, beyond `multiplex_above` models, one multiplexed deployment whose replicas
+load the models they are asked for. Bad requests get a 4xx JSON error in OpenAI's shape (503 when a model cannot be
+loaded); the server keeps serving.
 
-The official `openai` client asks for base64 unless told otherwise (and decodes it itself), so
-both encodings are served: base64 is the little-endian float32 bytes of each vector.
+The official `openai` client asks for base64 unless told otherwise (and decodes it itself), so both encodings are
+served: base64 is the little-endian float32 bytes of each vector.
 
-`dimensions` truncates each vector to its first n components and renormalises it (meaningful for
-Matryoshka-trained encoders; for others it is a lossy projection, as in OpenAI's API).
+`dimensions` truncates each vector to its first n components and renormalises it (meaningful for Matryoshka-trained
+encoders; for others it is a lossy projection, as in OpenAI's API).
 
-With an API key, /v1/* needs `Authorization: Bearer <key>` (401 in OpenAI's shape otherwise). Only the
-key's SHA-256 reaches the replicas, so the key itself is not stored in Ray's application config.
+With an API key, /v1/* needs `Authorization: Bearer <key>` (401 in OpenAI's shape otherwise). Only the key's SHA-256
+reaches the replicas, so the key itself is not stored in Ray's application config.
 """
 
-# No `from __future__ import annotations` here: Serve's class-based FastAPI views resolve the
-# endpoints' annotations elsewhere, and a string "Request" turns `request` into a required query
-# parameter (every POST /v1/embeddings answered 422).
-import base64
+# No `from __future__ import annotations` here: Serve's class-based FastAPI views resolve the endpoints' annotations
+# elsewhere (a string "Request" turns `request` into a required query parameter: every POST answered 422), and Ray
+# converts a config file's `args` into `AppArgs` by reading build_app's annotation.
 import hashlib
 import hmac
 import ipaddress
 import os
 import time
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
-MAX_INPUTS = 2048  # per request, as in OpenAI's API
-ENCODINGS = ("float", "base64")
-API_KEY_ENV = "BOOTEMBED_API_KEY"  # where `bootembed serve` looks for a key unless told another variable
+from serve._encoder import Encoder, ModelLoadError
+from serve._openai import check_dimensions, embeddings_response, error, parse_inputs, too_long, truncate
+from serve.args import API_KEY_ENV, AppArgs
+
+MULTIPLEXED = "Encoders"  # the deployment's name when one deployment serves every model
+# The ingress only parses JSON and waits on encoders: many requests in flight cost it little and let the encoders
+# fill their batches (Serve's default of 5 capped batches at 5 requests however many clients were waiting).
+INGRESS_MAX_ONGOING = 1024
+ROUTES = "POST /v1/embeddings, GET /v1/models, GET /healthz"
 api = FastAPI(title="bootembed embeddings API")
 
 
-def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+@api.exception_handler(HTTPException)
+async def _route_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Unknown paths (404) and wrong methods (405) answer in OpenAI's shape too, not FastAPI's {"detail": ...}."""
+    return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}; this API serves {ROUTES}")
 
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def parse_inputs(body: object, known: list[str], max_inputs: int = MAX_INPUTS
-                 ) -> tuple[str, list[str], str, int | None] | JSONResponse:
-    """(model, texts, encoding, dimensions) of a valid request body, or the JSON error that explains what is wrong.
-
-    `dimensions` is only checked for type and sign here; its upper bound depends on the model (see
-    `check_dimensions`).
-    """
-    if not isinstance(body, dict):
-        return error(400, "request body must be a JSON object with `model` and `input`")
-    model = body.get("model")
-    if model is None or model == "":
-        return error(400, f"`model` is required; one of {known}", param="model")
-    if not isinstance(model, str):
-        return error(400, f"`model` must be a string; one of {known}", param="model")
-    if model not in known:
-        return error(404, f"model {model!r} is not served here; available: {known}", param="model", code="model_not_found")
-    texts = body.get("input")
-    if texts is None:
-        return error(400, "`input` is required: a string or a list of strings", param="input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        return error(400, "`input` must be a string or a list of strings (token arrays are not supported)", param="input")
-    if not texts:
-        return error(400, "`input` must not be an empty list", param="input")
-    empty = [i for i, t in enumerate(texts) if not t]
-    if empty:
-        return error(400, f"`input` must not contain empty strings (empty at index {empty[:10]})", param="input")
-    if len(texts) > max_inputs:
-        return error(413, f"`input` has {len(texts)} items; at most {max_inputs} per request", param="input")
-    encoding = body.get("encoding_format") or "float"
-    if encoding not in ENCODINGS:
-        return error(400, f"encoding_format {encoding!r} is not supported; use one of {list(ENCODINGS)}",
-                     param="encoding_format")
-    dimensions = body.get("dimensions")
-    # bool is an int subclass and 8.0 is a float: neither is a dimension count.
-    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
-        return error(400, f"`dimensions` must be a positive integer; got {dimensions!r}", param="dimensions")
-    return model, texts, encoding, dimensions
-
-
-def check_dimensions(dimensions: int | None, model: str, model_dim: int) -> JSONResponse | None:
-    if dimensions is not None and dimensions > model_dim:
-        return error(400, f"`dimensions` is {dimensions} but model {model!r} has {model_dim}; use 1 to {model_dim}",
-                     param="dimensions")
-    return None
-
-
-def truncate(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """The first `dimensions` components of each (row) vector, renormalised to unit length."""
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    cut = vectors[:, :dimensions]
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return (cut / np.maximum(norms, 1e-12)).astype(np.float32)  # an all-zero prefix stays zero, not NaN
-
-
-def encode_vector(vector, encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.tolist()
-
-
-@serve.deployment
-class Encoder:
-    """One sentence-transformers model; concurrent requests are encoded together."""
-
-    def __init__(self, path: str, max_batch_size: int, batch_wait_timeout_s: float):
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        torch.set_num_threads(max(1, int(os.environ.get("BOOTEMBED_SERVE_THREADS", "1"))))
-        self.model = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = self.model.tokenizer
-        self.embed.set_max_batch_size(max_batch_size)
-        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.batches, self.largest_batch = 0, 0
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def embed(self, requests: list[list[str]]) -> list[dict]:
-        self.batches, self.largest_batch = self.batches + 1, max(self.largest_batch, len(requests))
-        flat = [t for texts in requests for t in texts]
-        vectors = self.model.encode(flat, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        # Count the tokens the model actually saw (truncated at its max_seq_length, not the tokenizer's).
-        ids = self.tokenizer(flat, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
-        tokens = [len(i) for i in ids]
-        out, start = [], 0
-        for texts in requests:
-            end = start + len(texts)
-            out.append({"vectors": vectors[start:end].astype(np.float32), "tokens": sum(tokens[start:end])})
-            start = end
-        return out
-
-    async def __call__(self, texts: list[str]) -> dict:
-        return await self.embed(texts)
-
-    def dimension(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
-
-    def stats(self) -> dict:
-        """How @serve.batch grouped the requests so far in this replica (largest_batch counts requests, not texts)."""
-        replica = serve.get_replica_context().replica_id.unique_id
-        return {"replica": replica, "batches": self.batches, "largest_batch": self.largest_batch}
-
-
-# The ingress only parses JSON and waits on the encoders: it reserves no CPU, so it is never left
-# unscheduled behind the encoders on a small machine.
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=INGRESS_MAX_ONGOING)
 @serve.ingress(api)
 class Api:
-    def __init__(self, encoders: dict[str, DeploymentHandle], max_inputs: int = MAX_INPUTS,
-                 api_key_sha256: str | None = None):
-        self.encoders = encoders
+    # No CPU reserved: it is never left unscheduled behind the encoders on a small machine.
+    def __init__(self, encoders: dict[str, DeploymentHandle], max_inputs: int, api_key_sha256: str | None):
+        self.encoders = encoders  # {model: handle of the deployment serving it} (one handle for all when multiplexed)
+        self.models = sorted(encoders)
         self.max_inputs = max_inputs
         self.api_key_sha256 = api_key_sha256
+        self.routes: dict[str, DeploymentHandle] = {}  # {model: handle tagged with it}, made on first need
         self.dimensions: dict[str, int] = {}  # asked from each encoder on first need
         self.created = int(time.time())
+
+    def route(self, model: str) -> DeploymentHandle:
+        """The handle that sends requests to `model`: Serve batches and routes by the multiplexed model id."""
+        if model not in self.routes:
+            self.routes[model] = self.encoders[model].options(multiplexed_model_id=model)
+        return self.routes[model]
 
     def unauthorized(self, request: Request) -> JSONResponse | None:
         """The 401 to answer when a key is required and the request lacks the right one, else None."""
@@ -182,7 +91,7 @@ class Api:
 
     async def model_dimension(self, model: str) -> int:
         if model not in self.dimensions:
-            self.dimensions[model] = await self.encoders[model].dimension.remote()
+            self.dimensions[model] = await self.route(model).dimension.remote()
         return self.dimensions[model]
 
     @api.post("/v1/embeddings")
@@ -194,7 +103,7 @@ class Api:
             body = await request.json()
         except ValueError:  # also UnicodeDecodeError
             return error(400, "request body is not valid JSON")
-        parsed = parse_inputs(body, sorted(self.encoders), self.max_inputs)
+        parsed = parse_inputs(body, self.models, self.max_inputs)
         if isinstance(parsed, JSONResponse):
             return parsed
         model, texts, encoding, dimensions = parsed
@@ -203,52 +112,55 @@ class Api:
                 too_big = check_dimensions(dimensions, model, await self.model_dimension(model))
                 if too_big is not None:
                     return too_big
-            result = await self.encoders[model].remote(texts)
+            result = await self.route(model).remote(texts)
+        except ModelLoadError as err:  # this model only: the others keep serving
+            return error(503, str(err), code="model_not_available")
         except Exception as err:  # noqa: BLE001 - an encoder failure is the server's, in OpenAI's shape
             return error(500, f"encoder {model!r} failed: {type(err).__name__}: {err}")
-        vectors = truncate(result["vectors"], dimensions)
-        data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, encoding)}
-                for i, v in enumerate(vectors)]
-        usage = {"prompt_tokens": result["tokens"], "total_tokens": result["tokens"]}
-        return {"object": "list", "data": data, "model": model, "usage": usage}
+        if "too_long" in result:
+            return too_long(model, result["too_long"], result["limit"])
+        return embeddings_response(model, truncate(result["vectors"], dimensions), encoding, result["tokens"])
 
     @api.get("/v1/models")
-    async def models(self, request: Request):
+    async def list_models(self, request: Request):
         denied = self.unauthorized(request)
         if denied is not None:
             return denied
         return {"object": "list", "data": [{"id": m, "object": "model", "created": self.created, "owned_by": "bootembed"}
-                                           for m in sorted(self.encoders)]}
+                                           for m in self.models]}
 
     @api.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "models": sorted(self.encoders)}
+        return {"status": "ok", "models": self.models}
 
 
-def build_app(models: dict[str, str], max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01,
-              max_inputs: int = MAX_INPUTS, encoder_cpus: float | None = None, num_replicas: int = 1,
-              api_key: str | None = None):
-    """The Serve application for {model name: sentence-transformers folder}.
+def build_app(args: AppArgs) -> serve.Application:
+    """The Serve application for `args` (see AppArgs): Python callers pass AppArgs, Ray's `serve run` / `serve deploy`
+    the `args:` mapping of a config file, which Ray validates into AppArgs through this annotation.
 
-    `num_replicas` Encoder replicas per model, each batching up to `max_batch_size` requests that arrive
-    within `batch_wait_timeout_s`. Each replica reserves `encoder_cpus` of Ray's CPUs; by default all
-    encoder replicas together share one (1/(models x replicas) each), so any number deploys on a one- or
-    two-core machine instead of waiting forever for CPUs (Serve's default is one CPU per replica). Their
-    real thread count is BOOTEMBED_SERVE_THREADS (default 1). With `api_key`, /v1/* needs it as a Bearer token.
+    Raises:
+        FileNotFoundError: a model folder has no modules.json (all such folders named at once).
+        ValueError: `api_key_env` names a variable that is unset or empty.
     """
-    if not models:
-        raise ValueError("no models to serve")
-    if num_replicas < 1 or max_batch_size < 1 or batch_wait_timeout_s < 0:
-        raise ValueError("num_replicas and max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
-    shares = len(models) * num_replicas
-    cpus = (10_000 // shares) / 10_000 if encoder_cpus is None else encoder_cpus  # Ray counts in 1e-4 CPUs
-    encoders = {
-        name: Encoder.options(name=f"Encoder-{name}", num_replicas=num_replicas, ray_actor_options={"num_cpus": cpus},
-                              max_ongoing_requests=2 * max_batch_size)  # room to fill a batch
-        .bind(path, max_batch_size, batch_wait_timeout_s)
-        for name, path in models.items()
-    }
-    return Api.bind(encoders, max_inputs, sha256(api_key) if api_key else None)
+    models = {name: os.path.abspath(os.path.expanduser(path)) for name, path in args.models.items()}
+    missing = [f"{name}: {path}" for name, path in models.items() if not os.path.isfile(os.path.join(path, "modules.json"))]
+    if missing:
+        raise FileNotFoundError(f"not a sentence-transformers folder (no modules.json): {'; '.join(missing)}")
+    api_key = api_key_from_env(args.api_key_env)
+    # {deployment name: {model: folder}}: one deployment for all models, or one per model
+    groups = ({MULTIPLEXED: models} if len(models) > args.multiplex_above
+              else {f"Encoder-{name}": {name: path} for name, path in models.items()})
+    shares = len(groups) * args.num_replicas
+    cpus = args.encoder_cpus or (10_000 // shares) / 10_000  # Ray counts in 1e-4 CPUs
+    encoders = {}
+    for deployment, paths in groups.items():
+        handle = Encoder.options(
+            name=deployment, num_replicas=args.num_replicas, ray_actor_options={"num_cpus": cpus},
+            max_ongoing_requests=2 * args.max_batch_size * args.concurrent_batches,  # room to fill every batch
+        ).bind(paths, args.max_batch_size, args.batch_wait_timeout_s, args.max_models_per_replica, args.truncate,
+               args.torch_threads, args.concurrent_batches)
+        encoders.update(dict.fromkeys(paths, handle))
+    return Api.bind(encoders, args.max_inputs, sha256(api_key) if api_key else None)
 
 
 def is_loopback(host: str) -> bool:

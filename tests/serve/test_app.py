@@ -7,6 +7,7 @@ run in this process, through the official `openai` client and plain HTTP (urllib
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -29,14 +30,16 @@ def server(ray_local, tiny_encoder, minilm_path):
     """{"url": ..., "models": {name: path}} of the running application; shut down after the module."""
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import API_KEY_ENV, AppArgs, build_app
 
     models = {"tiny": tiny_encoder, "minilm": minilm_path}
+    os.environ.pop(API_KEY_ENV, None)  # a developer's own key would otherwise be required here
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         # A longer batch wait than the default makes concurrent requests share batches reliably.
-        serve.run(build_app(models, batch_wait_timeout_s=0.05, max_inputs=MAX_INPUTS), name=APP, route_prefix="/")
+        serve.run(build_app(AppArgs(models=models, batch_wait_timeout_s=0.05, max_inputs=MAX_INPUTS)), name=APP,
+                  route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}", "models": models}
     finally:
         serve.shutdown()
@@ -201,6 +204,16 @@ def test_error_is_openai_shaped_and_server_keeps_serving(server, reference, case
     embed_ok(server, reference, "tiny")
 
 
+@pytest.mark.parametrize("method,path,status", [("GET", "/v1/embedding", 404), ("POST", "/v2/embeddings", 404),
+                                                 ("GET", "/v1/embeddings", 405), ("DELETE", "/v1/models", 405)])
+def test_unknown_route_or_method_is_openai_shaped(server, reference, method, path, status):
+    code, answer = http(server, method, path, {"model": "tiny", "input": ["hi"]} if method == "POST" else None)
+    assert code == status, answer
+    assert set(answer) == {"error"} and set(answer["error"]) == {"message", "type", "param", "code"}
+    assert f"{method} {path}" in answer["error"]["message"] and "POST /v1/embeddings" in answer["error"]["message"]
+    embed_ok(server, reference, "tiny")
+
+
 def test_openai_client_raises_typed_errors(client, server, reference):
     import openai
 
@@ -275,7 +288,7 @@ def test_openai_client_dimensions_base64(client, reference):
 
 
 def test_truncate_keeps_an_all_zero_prefix_finite():
-    from serve.app import truncate
+    from serve._openai import truncate
 
     vectors = np.array([[0.0, 0.0, 1.0], [3.0, 4.0, 0.0]], dtype=np.float32)
     np.testing.assert_allclose(truncate(vectors, 2), [[0.0, 0.0], [0.6, 0.8]], atol=1e-7)
@@ -299,9 +312,47 @@ def test_long_input_is_truncated_and_usage_counts_read_tokens(server, st_models,
     assert answer["usage"]["prompt_tokens"] == answer["usage"]["total_tokens"] == limit + short_tokens
 
 
+STRICT_APP, STRICT_PREFIX = "bootembed-strict", "/strict"
+
+
+@pytest.fixture
+def strict(server):
+    """The tiny model (64 tokens at most) refusing long texts instead of truncating them; deleted after its test, so
+    that its encoder's CPU share is free again for the next application."""
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    serve.run(build_app(AppArgs(models={"tiny": server["models"]["tiny"]}, truncate=False)), name=STRICT_APP,
+              route_prefix=STRICT_PREFIX)
+    yield {"url": server["url"] + STRICT_PREFIX, "models": server["models"]}
+    serve.delete(STRICT_APP)
+
+
+def test_long_input_is_refused_when_truncation_is_off(strict, st_models, reference):
+    tokenizer, limit = st_models["tiny"].tokenizer, st_models["tiny"].max_seq_length
+    words = "The harvest festival in the village lasted for many days and nights."
+    fits = " ".join([words] * 3)
+    long_texts = [" ".join([words] * n) for n in (10, 20)]
+    lengths = [len(tokenizer(t)["input_ids"]) for t in (fits, *long_texts)]
+    assert lengths[0] <= limit < lengths[1] < lengths[2]
+
+    status, answer = http(strict, "POST", "/v1/embeddings", {"model": "tiny", "input": [fits, *long_texts]})
+    assert status == 400, answer
+    err = answer["error"]
+    assert (err["param"], err["code"], err["type"]) == ("input", "context_length_exceeded", "invalid_request_error")
+    assert f"at most {limit} tokens" in err["message"]
+    assert f"input[1] has {lengths[1]}" in err["message"] and f"input[2] has {lengths[2]}" in err["message"]
+    assert "input[0]" not in err["message"]
+
+    status, answer = http(strict, "POST", "/v1/embeddings", {"model": "tiny", "input": [fits, TEXTS[0]]})
+    assert status == 200, answer  # texts within the limit are served as usual
+    check_embeddings(answer, "tiny", [fits, TEXTS[0]], reference)
+
+
 # --- API key and serve options: a second application on the same Serve instance --------------------
 
-KEY = "sk-test-0123456789"
+KEY, KEY_ENV = "sk-test-0123456789", "BOOTEMBED_TEST_SERVE_KEY"
 KEYED_APP, KEYED_PREFIX = "bootembed-keyed", "/keyed"
 
 
@@ -310,10 +361,15 @@ def keyed(server):
     """The tiny model behind an API key, with 2 encoder replicas batching at most 2 requests each."""
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import AppArgs, build_app
 
-    serve.run(build_app({"tiny": server["models"]["tiny"]}, max_batch_size=2, batch_wait_timeout_s=0.05,
-                        num_replicas=2, api_key=KEY), name=KEYED_APP, route_prefix=KEYED_PREFIX)
+    os.environ[KEY_ENV] = KEY  # read once, when the app is built; only its SHA-256 reaches the replicas
+    try:
+        serve.run(build_app(AppArgs(models={"tiny": server["models"]["tiny"]}, max_batch_size=2,
+                                    batch_wait_timeout_s=0.05, num_replicas=2, api_key_env=KEY_ENV)),
+                  name=KEYED_APP, route_prefix=KEYED_PREFIX)
+    finally:
+        del os.environ[KEY_ENV]
     yield {"url": server["url"] + KEYED_PREFIX, "models": server["models"]}
     serve.delete(KEYED_APP)
 

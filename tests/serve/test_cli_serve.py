@@ -43,6 +43,7 @@ def post(url: str, body: dict, key: str | None = None) -> tuple[int, dict]:
 
 
 def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c(tiny_encoder):
+    """Every option of the command reaches the app: the key, replicas, batching, multiplexing, refusing long texts."""
     from sentence_transformers import SentenceTransformer
 
     port = free_port()
@@ -50,7 +51,7 @@ def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c
     key = "sk-cli-test"
     command = [sys.executable, "-m", "pipeline.cli", "serve", tiny_encoder, "--port", str(port),
                "--api-key-env", "BOOTEMBED_TEST_KEY", "--num-replicas", "2", "--max-batch-size", "4",
-               "--batch-wait-timeout-s", "0.02"]
+               "--batch-wait-timeout-s", "0.02", "--multiplex-above", "0", "--no-truncate"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOOTEMBED_TEST_KEY": key}
     env.pop("BOOTEMBED_API_KEY", None)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -67,12 +68,15 @@ def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c
         vectors = np.array([d["embedding"] for d in answer["data"]])
         expected = SentenceTransformer(tiny_encoder, device="cpu").encode(texts, normalize_embeddings=True)
         assert np.allclose(vectors, expected, atol=1e-5)
+        status, answer = post(url, {"model": name, "input": ["word " * 100]}, key=key)  # beyond its 64 tokens
+        assert status == 400 and answer["error"]["code"] == "context_length_exceeded", answer
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "Serving" in output and "stopping" in output
-    assert "2 replica(s) per model, max batch 4, batch wait 0.02s, API key required (from $BOOTEMBED_TEST_KEY)" in output
+    assert ("one multiplexed deployment, 4 model(s) per replica, 2 replica(s) each, max batch 4, batch wait 0.02s, "
+            "API key required (from $BOOTEMBED_TEST_KEY)") in output
     assert key not in output  # the key itself is never printed
 
 
@@ -112,7 +116,8 @@ def test_serve_refuses_a_named_but_unset_key_variable(monkeypatch, tiny_encoder)
 
 
 @pytest.mark.parametrize("option,value", [("--num-replicas", "0"), ("--max-batch-size", "0"),
-                                          ("--batch-wait-timeout-s", "-1")])
+                                          ("--batch-wait-timeout-s", "-1"), ("--multiplex-above", "-1"),
+                                          ("--max-models-per-replica", "0")])
 def test_serve_rejects_bad_options(monkeypatch, tiny_encoder, option, value):
     result = cli(monkeypatch, [tiny_encoder, option, value], {})
     assert result.exit_code == 2 and option in result.output

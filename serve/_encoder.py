@@ -1,0 +1,110 @@
+"""The Encoder deployment: sentence-transformers models behind dynamic batching (serve/_batching.py).
+
+One class serves both layouts of `build_app`:
+
+* dedicated: a deployment per model (`Encoder-<name>`), which loads its model when the replica starts, so the
+  deployment is ready only once the model is;
+* multiplexed: one deployment (`Encoders`) for many models, where each replica loads the model a request names on
+  first use and keeps the `max_models` it used most recently (Ray's @serve.multiplexed, whose router also prefers
+  replicas that hold the requested model).
+
+Either way the ingress names the model as the request's `multiplexed_model_id`, and a batch only ever holds
+requests for one model.
+"""
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+from ray import serve
+
+from serve._batching import Batcher
+
+
+class ModelLoadError(RuntimeError):
+    """A model's folder could not be loaded in a replica (the ingress answers 503 and keeps serving the others)."""
+
+
+@serve.deployment
+class Encoder:
+    """Sentence-transformers models by name (`paths`); `__call__(texts)` embeds for the request's multiplexed model id."""
+
+    def __init__(self, paths: dict[str, str], max_batch_size: int, batch_wait_timeout_s: float, max_models: int,
+                 truncate: bool, threads: int, concurrent_batches: int):
+        import torch
+
+        # Ray workers are not limited to their CPU share: without this, torch starts one thread per core in every
+        # replica and they fight each other and the HTTP proxy (2 threads on 2 cores: 2.5x the CPU per text here).
+        torch.set_num_threads(threads)
+        self.paths, self.truncate = paths, truncate
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.loads = Counter()
+        self.preloaded = {name: self._load(name) for name in paths} if len(paths) == 1 else {}
+
+        async def model(name: str):  # a plain function: Ray's multiplexer keeps its cache on the function object
+            return await self._model(name)
+
+        # Built per replica rather than as a decorator, so that its cache size comes from the app's arguments.
+        self.model = serve.multiplexed(max_num_models_per_replica=max_models)(model)
+        self.batcher = Batcher(self._embed_batch, max_batch_size, batch_wait_timeout_s, concurrent_batches)
+
+    def _load(self, name: str):
+        from sentence_transformers import SentenceTransformer
+
+        self.loads[name] += 1
+        try:
+            return SentenceTransformer(self.paths[name], device=self.device)
+        except Exception as err:  # noqa: BLE001 - whatever broke, the request for this model gets a 503 that says it
+            raise ModelLoadError(f"model {name!r} could not be loaded from {self.paths[name]}: "
+                                 f"{type(err).__name__}: {err}") from None
+
+    async def _model(self, name: str):
+        """The loaded model `name` (called through @serve.multiplexed, which caches what this returns)."""
+        if name in self.preloaded:
+            return self.preloaded[name]
+        # In a thread: loading takes seconds, and the replica keeps batching requests for models it holds meanwhile.
+        return await asyncio.to_thread(self._load, name)
+
+    async def _embed_batch(self, name: str, requests: list[list[str]]) -> list[dict]:
+        """One result per request: {"vectors", "tokens"}, or {"too_long": [(index, tokens)], "limit"} when refused."""
+        model = await self.model(name)
+        # In a thread: the event loop keeps taking requests while this batch is encoded (torch and the tokenizer
+        # release the GIL, so `concurrent_batches` batches compute side by side).
+        return await asyncio.to_thread(self._encode_requests, model, requests)
+
+    def _encode_requests(self, model, requests: list[list[str]]) -> list[dict]:
+        limit = model.max_seq_length
+        lengths = [len(ids) for ids in model.tokenizer([t for texts in requests for t in texts], truncation=False,
+                                                       verbose=False)["input_ids"]]
+        results, accepted, start = [], [], 0
+        for texts in requests:
+            own = lengths[start:start + len(texts)]
+            start += len(texts)
+            over = [(i, n) for i, n in enumerate(own) if n > limit]
+            if over and not self.truncate:
+                results.append({"too_long": over, "limit": limit})
+            else:  # the model reads at most `limit` tokens of each text: usage counts those
+                results.append({"tokens": sum(min(n, limit) for n in own)})
+                accepted.append((results[-1], texts))
+        flat = [t for _, texts in accepted for t in texts]
+        vectors = model.encode(flat, normalize_embeddings=True, convert_to_numpy=True,
+                               show_progress_bar=False) if flat else None
+        start = 0
+        for result, texts in accepted:
+            result["vectors"] = vectors[start:start + len(texts)].astype(np.float32)
+            start += len(texts)
+        return results
+
+    async def __call__(self, texts: list[str]) -> dict:
+        return await self.batcher.submit(serve.get_multiplexed_model_id(), texts)
+
+    async def dimension(self) -> int:
+        model = await self.model(serve.get_multiplexed_model_id())
+        return int(model.get_sentence_embedding_dimension())
+
+    def stats(self) -> dict:
+        """How this replica batched requests so far (largest_batch counts requests, not texts) and how many times
+        it loaded each model (more than once: it was evicted in between)."""
+        replica = serve.get_replica_context().replica_id.unique_id
+        return {"replica": replica, "batches": self.batcher.batches, "largest_batch": self.batcher.largest_batch,
+                "loads": dict(self.loads)}
