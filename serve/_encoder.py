@@ -13,7 +13,11 @@ requests for one model.
 """
 
 import asyncio
+import copy
+import threading
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from ray import serve
@@ -23,6 +27,38 @@ from serve._batching import Batcher
 
 class ModelLoadError(RuntimeError):
     """A model's folder could not be loaded in a replica (the ingress answers 503 and keeps serving the others)."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model and the token counter that goes with it (`count_tokens(texts)` -> untruncated lengths)."""
+
+    model: object  # a SentenceTransformer
+    count_tokens: Callable[[list[str]], list[int]]
+
+
+def token_counter(tokenizer) -> Callable[[list[str]], list[int]]:
+    """Counts each text's tokens (special tokens included, nothing cut) on a copy of `tokenizer`.
+
+    A copy, because a Hugging Face tokenizer keeps padding and truncation as state that each call sets: counting
+    on the model's own tokenizer (no padding) while another batch encodes on it (padding) made that batch fail
+    with "Unable to create tensor" now and then, when `concurrent_batches` > 1.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer: a Rust copy whose settings never change is safe to share
+        from tokenizers import Tokenizer
+
+        counter = Tokenizer.from_str(backend.to_str())
+        counter.no_padding()
+        counter.no_truncation()
+        return lambda texts: [len(encoding.ids) for encoding in counter.encode_batch(texts)]
+    own, lock = copy.deepcopy(tokenizer), threading.Lock()
+
+    def count(texts: list[str]) -> list[int]:
+        with lock:
+            return [len(ids) for ids in own(texts, truncation=False, verbose=False)["input_ids"]]
+
+    return count
 
 
 @serve.deployment
@@ -46,19 +82,23 @@ class Encoder:
 
         # Built per replica rather than as a decorator, so that its cache size comes from the app's arguments.
         self.model = serve.multiplexed(max_num_models_per_replica=max_models)(model)
-        self.batcher = Batcher(self._embed_batch, max_batch_size, batch_wait_timeout_s, concurrent_batches)
+        self.batcher = Batcher(self._embed_batch, max_batch_size, batch_wait_timeout_s, concurrent_batches, size=len)
 
-    def _load(self, name: str):
+    def _load(self, name: str) -> Loaded:
         from sentence_transformers import SentenceTransformer
 
         self.loads[name] += 1
         try:
-            return SentenceTransformer(self.paths[name], device=self.device)
+            model = SentenceTransformer(self.paths[name], device=self.device)
+            # One encode before batches run side by side: it sets the tokenizer's padding and truncation, which
+            # every later encode then leaves as they are (two first calls at once would both write them).
+            model.encode(["warm up"], show_progress_bar=False)
+            return Loaded(model, token_counter(model.tokenizer))
         except Exception as err:  # noqa: BLE001 - whatever broke, the request for this model gets a 503 that says it
             raise ModelLoadError(f"model {name!r} could not be loaded from {self.paths[name]}: "
                                  f"{type(err).__name__}: {err}") from None
 
-    async def _model(self, name: str):
+    async def _model(self, name: str) -> Loaded:
         """The loaded model `name` (called through @serve.multiplexed, which caches what this returns)."""
         if name in self.preloaded:
             return self.preloaded[name]
@@ -67,15 +107,15 @@ class Encoder:
 
     async def _embed_batch(self, name: str, requests: list[list[str]]) -> list[dict]:
         """One result per request: {"vectors", "tokens"}, or {"too_long": [(index, tokens)], "limit"} when refused."""
-        model = await self.model(name)
+        loaded = await self.model(name)
         # In a thread: the event loop keeps taking requests while this batch is encoded (torch and the tokenizer
         # release the GIL, so `concurrent_batches` batches compute side by side).
-        return await asyncio.to_thread(self._encode_requests, model, requests)
+        return await asyncio.to_thread(self._encode_requests, loaded, requests)
 
-    def _encode_requests(self, model, requests: list[list[str]]) -> list[dict]:
+    def _encode_requests(self, loaded: Loaded, requests: list[list[str]]) -> list[dict]:
+        model = loaded.model
         limit = model.max_seq_length
-        lengths = [len(ids) for ids in model.tokenizer([t for texts in requests for t in texts], truncation=False,
-                                                       verbose=False)["input_ids"]]
+        lengths = loaded.count_tokens([t for texts in requests for t in texts])
         results, accepted, start = [], [], 0
         for texts in requests:
             own = lengths[start:start + len(texts)]
@@ -99,8 +139,8 @@ class Encoder:
         return await self.batcher.submit(serve.get_multiplexed_model_id(), texts)
 
     async def dimension(self) -> int:
-        model = await self.model(serve.get_multiplexed_model_id())
-        return int(model.get_sentence_embedding_dimension())
+        loaded = await self.model(serve.get_multiplexed_model_id())
+        return int(loaded.model.get_sentence_embedding_dimension())
 
     def stats(self) -> dict:
         """How this replica batched requests so far (largest_batch counts requests, not texts) and how many times

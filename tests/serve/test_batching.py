@@ -158,3 +158,45 @@ def test_a_cancelled_request_is_not_run():
         assert batcher.queues == {}  # nothing left behind
 
     asyncio.run(scenario())
+
+
+def test_free_slots_share_the_waiting_requests_by_size():
+    async def scenario():
+        run = Recorder()
+        batcher = Batcher(run, max_batch_size=8, wait_s=0, slots=2, size=len)
+        run.gate.clear()
+        requests = [["a"] * 8, ["b"], ["c"] * 3, ["d"] * 4]  # 16 texts waiting before any slot looks
+        tasks = [asyncio.create_task(batcher.submit("m", r)) for r in requests]
+        await settle()
+        # Both slots free: the first takes the oldest requests until it holds half the texts (8 of 16), the second the rest.
+        assert [items for _, items in run.batches] == [requests[:1], requests[1:]]
+        assert run.running == 2
+        run.gate.set()
+        assert await asyncio.gather(*tasks) == [f"m:{r}" for r in requests]
+
+        # One slot busy: a freed slot takes everything that waits (up to max_batch_size), as before.
+        run.batches.clear()
+        run.gate.clear()
+        busy = asyncio.create_task(batcher.submit("m", ["x"]))
+        await settle()
+        waiting = [asyncio.create_task(batcher.submit("m", [str(i)] * (i + 1))) for i in range(3)]
+        await settle()
+        assert [len(items) for _, items in run.batches] == [1, 3]
+        run.gate.set()
+        await asyncio.gather(busy, *waiting)
+
+    asyncio.run(scenario())
+
+
+def test_only_cancelled_requests_waiting_leaves_nothing_behind():
+    async def scenario():
+        run = Recorder()
+        batcher = Batcher(run, max_batch_size=8, wait_s=0.05, slots=1)
+        gone = asyncio.create_task(batcher.submit("m", 0))
+        await settle()
+        gone.cancel()  # before its batch formed: no batch is run for it, and the batcher does not spin on it
+        await asyncio.sleep(0.1)
+        assert run.batches == [] and batcher.queues == {}
+        assert await batcher.submit("m", 1) == "m:1"
+
+    asyncio.run(scenario())
