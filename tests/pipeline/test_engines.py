@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.engines import OK, HFGenerator, check_endpoint, generate_openai
+from pipeline.config import GeneratorConfig
+from pipeline.engines import OK, HFGenerator, check_endpoint, generate_openai, vllm_engine_settings
 from tests.conftest import free_port, random_adapter
 
 pytestmark = pytest.mark.timeout(600)
@@ -150,3 +151,17 @@ def test_an_unreachable_or_wrong_endpoint_fails_before_any_work(chat_server):
         check_endpoint(f"http://127.0.0.1:{free_port()}/v1", None, "tiny")
     with pytest.raises(ValueError, match=r"generator.model 'gpt-x' is not served by .* \(it serves \['tiny'\]\)"):
         check_endpoint(chat_server.api_base, None, "gpt-x")
+
+
+def test_vllm_keeps_a_bounded_number_of_adapters_in_host_memory():
+    """Thousands of languages: vLLM gets max_cpu_loras from the config (default 4 x max_loras), never every adapter."""
+    generator = GeneratorConfig(engine="vllm", max_loras=16).model_dump()
+    thousands = {f"l{i}": f"/adapters/l{i}" for i in range(2000)}
+    on_gpu, _ = vllm_engine_settings(generator, thousands, on_gpu=True, max_lora_rank=8)
+    assert (on_gpu["max_loras"], on_gpu["max_cpu_loras"], on_gpu["max_lora_rank"]) == (16, 64, 8)
+    capped, _ = vllm_engine_settings({**generator, "max_cpu_loras": 200}, thousands, on_gpu=True, max_lora_rank=8)
+    assert capped["max_cpu_loras"] == 200
+    few, _ = vllm_engine_settings({**generator, "max_cpu_loras": 4}, dict(list(thousands.items())[:3]), True, 8)
+    assert few["max_cpu_loras"] == 16  # vLLM needs room for every resident adapter: never below max_loras
+    none, cpu_only = vllm_engine_settings(generator, {}, on_gpu=True, max_lora_rank=8)
+    assert none["enable_lora"] is False and "max_cpu_loras" not in none and cpu_only == {}
