@@ -7,12 +7,19 @@ Model output is parsed, never trusted: a row whose answer cannot be parsed, whos
 too long, or whose generation raised is kept with its reason in `status` (and counted),
 never fails the job. answers/ keeps every raw answer; generations.parquet has one row per
 (anchor, strategy).
+
+An interrupted attempt is resumed: answers/_attempt.json names what the answers were generated from (the
+generator, the synthesis settings, the stages before), and a rerun with the same keeps every complete answer file
+and only generates the requests they lack. Hours of generation for many languages are not lost to one crash.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import math
+import os
 import random
 import re
 from functools import lru_cache
@@ -25,7 +32,7 @@ import pycountry
 
 from pipeline.config import RunConfig
 from pipeline.engines import OK  # the one "no problem" status of every engine and of generations rows
-from pipeline.manifest import StageOutput, join, reset_dir
+from pipeline.manifest import StageOutput, join, read_json, reset_dir, write_json
 
 REQUIRED_COLUMNS = {"id", "lang", "text"}
 ROLES = ("positive", "negative")
@@ -201,9 +208,60 @@ def adapter_rank(path: str) -> int:
         return int(json.load(f)["r"])
 
 
-def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
+def request_key(row: dict) -> tuple[str, str, str]:
+    return row["id"], row["strategy"], row["role"]
+
+
+# Generator settings that change how fast answers come, not what they say: a run that crashed for memory can be
+# resumed with a smaller batch or fewer actors.
+THROUGHPUT_SETTINGS = {"num_actors", "cpus_per_actor", "torch_threads", "batch_size", "concurrency", "max_requests_per_s",
+                       "max_retries", "max_loras", "max_cpu_loras", "tensor_parallel_size", "api_key_env"}
+
+
+def attempt_key(cfg: RunConfig, inputs: dict[str, str], model_path: str) -> str:
+    """A hash of everything an answer depends on: the generator, the synthesis settings, and the stages before."""
+    generator = {k: v for k, v in cfg.generator.model_dump(mode="json").items() if k not in THROUGHPUT_SETTINGS}
+    upstream = {name: (read_json(path) or {}).get("fingerprint") for name, path in inputs.items()
+                if name.endswith("_manifest")}
+    what = {"generator": generator, "synthesis": cfg.synthesis.model_dump(mode="json"), "model": model_path,
+            "upstream": upstream}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resume_answers(answers_dir: str, key: str) -> set[tuple[str, str, str]]:
+    """The requests answered by an interrupted attempt with the same `key`, keeping its complete answer files (a file
+    cut off mid-write is deleted); anything else in answers/ is cleared. Stage folders are local (run.call_stage)."""
+    marker = os.path.join(answers_dir, "_attempt.json")
+    if (read_json(marker) or {}).get("key") != key:
+        reset_dir(answers_dir)  # answers from other settings must not mix with these
+        write_json(marker, {"key": key})
+        return set()
+    answered = set()
+    for path in sorted(glob.glob(os.path.join(answers_dir, "*.parquet"))):
+        try:
+            table = pq.read_table(path, columns=["id", "strategy", "role"])
+        except (OSError, pa.ArrowInvalid):
+            os.remove(path)
+            continue
+        answered.update(request_key(r) for r in table.to_pylist())
+    return answered
+
+
+def generate_answers(cfg: RunConfig, requests: list[dict], model_path: str, registry: list[dict], answers_dir: str) -> None:
+    """Stream `requests` through the engine into parquet files under answers_dir, written as batches finish."""
     import ray
 
+    # Several blocks, so every actor gets work and progress is visible; in order, so batches share an adapter.
+    # Sliced here rather than by a Ray repartition, whose 1-CPU tasks can wait forever behind an engine actor and
+    # its helper stages on a 2-CPU machine.
+    table = pa.Table.from_pylist(requests)
+    size = max(1, math.ceil(table.num_rows / max(cfg.generator.num_actors * 4, table.num_rows // (cfg.generator.batch_size * 4) or 1)))
+    ds = ray.data.from_arrow([table.slice(start, size) for start in range(0, table.num_rows, size)])
+    # Writing a few strings needs little CPU; a whole one per write task could stall behind the engine.
+    generate(cfg, ds, model_path, registry).write_parquet(answers_dir, ray_remote_args={"num_cpus": 0.1})
+
+
+def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     from pipeline.adapters import read_registry
     from pipeline.models import resolve_model
 
@@ -214,16 +272,13 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     requests = plan_requests(seeds, cfg, registry)
     model_path = cfg.generator.model if cfg.generator.engine == "openai" else resolve_model(cfg.generator.model, cfg.cache_dir)
     answers_dir = join(out_dir, "answers")
-
-    # Several blocks, so every actor gets work and progress is visible; in order, so batches share an adapter.
-    # Sliced here rather than by a Ray repartition, whose 1-CPU tasks can wait forever behind an engine actor and
-    # its helper stages on a 2-CPU machine.
-    table = pa.Table.from_pylist(requests)
-    size = max(1, math.ceil(table.num_rows / max(cfg.generator.num_actors * 4, table.num_rows // (cfg.generator.batch_size * 4) or 1)))
-    ds = ray.data.from_arrow([table.slice(start, size) for start in range(0, table.num_rows, size)] or [table])
-    reset_dir(answers_dir)  # files of an interrupted earlier attempt would duplicate rows
-    # Writing a few strings needs little CPU; a whole one per write task could stall behind the engine.
-    generate(cfg, ds, model_path, registry).write_parquet(answers_dir, ray_remote_args={"num_cpus": 0.1})
+    answered = resume_answers(answers_dir, attempt_key(cfg, inputs, model_path))
+    todo = [r for r in requests if request_key(r) not in answered]
+    if answered:
+        print(f"[synthesize] resuming: {len(requests) - len(todo)} of {len(requests)} requests answered by an "
+              f"interrupted attempt, {len(todo)} left", flush=True)
+    if todo:
+        generate_answers(cfg, todo, model_path, registry, answers_dir)
 
     answers = pads.dataset(answers_dir, format="parquet").to_table().to_pylist()
     rows = assemble_triplets(answers)
@@ -234,7 +289,8 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
                     for s in cfg.synthesis.strategies}
     return StageOutput(
         outputs={"generations": gen_path, "answers": answers_dir},
-        counts={"anchors": len(seeds), "requests": len(requests), "rows": len(rows), "ok": statuses.count(OK),
+        counts={"anchors": len(seeds), "requests": len(requests), "resumed": len(requests) - len(todo),
+                "rows": len(rows), "ok": statuses.count(OK),
                 "dropped": len(rows) - statuses.count(OK)},
         details={"drop_reasons": count_reasons(statuses), "generator": model_path, "engine": cfg.generator.engine,
                  "strategies": cfg.synthesis.strategies, "per_strategy": per_strategy,

@@ -1,4 +1,4 @@
-"""Synthesis survives a crashed generation actor, and an interrupted stage reruns cleanly from the manifests.
+"""Synthesis survives a crashed generation actor, and an interrupted stage resumes from its answers and the manifests.
 
 Real Ray Data, real (tiny) generator: a thread watches answers/ and strikes once the first answers are written.
 """
@@ -118,8 +118,7 @@ def test_synthesis_answers_every_request_exactly_once_when_its_generation_actor_
     assert not [r["status"] for r in rows if "missing" in r["status"]], "every role of every anchor has its answer"
 
 
-def test_an_interrupted_synthesis_reruns_alone_and_leaves_no_rows_of_the_interrupted_attempt(ray_local, make_config,
-                                                                                             tiny_generator):
+def test_an_interrupted_synthesis_resumes_where_it_stopped(ray_local, make_config, tiny_generator):
     cfg = make_config(languages=["yor"], seeds={"max_per_language": 30},
                       generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4}, synthesis={"num_shots": 0})
     answers_dir = os.path.join(cfg.run_dir, "synthesize", "answers")
@@ -134,7 +133,8 @@ def test_an_interrupted_synthesis_reruns_alone_and_leaves_no_rows_of_the_interru
     finally:
         watcher.done.set()
     assert os.path.exists(manifest_path(cfg, "adapters")) and not os.path.exists(manifest_path(cfg, "synthesize"))
-    assert 0 < answered_rows(answers_dir) < 60, "interrupted with part of the 30 anchors x 2 roles answered"
+    answered = answered_rows(answers_dir)
+    assert 0 < answered < 60, "interrupted with part of the 30 anchors x 2 roles answered"
 
     logs = []
     manifests = run_pipeline(cfg, stages, log=logs.append)
@@ -145,5 +145,28 @@ def test_an_interrupted_synthesis_reruns_alone_and_leaves_no_rows_of_the_interru
     anchors = pq.read_table(output_path(cfg, manifests["seeds"], "train")).column("id").to_pylist()
     counts = request_keys(answers)
     assert set(counts) == {(a, "icl", role) for a in anchors for role in ("positive", "negative")}
-    assert max(counts.values()) == 1, "no row of the interrupted attempt survives beside its rerun"
+    assert max(counts.values()) == 1, "no request is answered twice"
     assert manifests["synthesize"]["counts"]["rows"] == len(anchors) == 30
+    # The rerun resumed: it kept the interrupted attempt's complete answers and generated only the rest.
+    assert manifests["synthesize"]["counts"]["resumed"] == answered
+
+    # Other generation settings: nothing of the earlier answers is kept. Throughput settings alone keep them all.
+    changed = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"max_new_tokens": 5})})
+    assert run_pipeline(changed, stages)["synthesize"]["counts"]["resumed"] == 0
+    faster = changed.model_copy(update={"generator": changed.generator.model_copy(update={"batch_size": 8})})
+    assert run_pipeline(faster, stages)["synthesize"]["counts"]["resumed"] == 60
+
+
+def test_resume_keeps_complete_answer_files_of_the_same_attempt_only(tmp_path):
+    answers_dir = str(tmp_path / "answers")
+    assert synthesize.resume_answers(answers_dir, "key-a") == set()  # first attempt: marks the folder as its own
+    rows = [{"id": f"a{i}", "strategy": "icl", "role": "positive", "raw": "x", "status": OK} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), os.path.join(answers_dir, "done.parquet"))
+    pq.write_table(pa.Table.from_pylist(rows[:1]), os.path.join(answers_dir, "cut.parquet"))
+    with open(os.path.join(answers_dir, "cut.parquet"), "r+b") as f:
+        f.truncate(20)  # a write killed halfway: no footer
+
+    assert synthesize.resume_answers(answers_dir, "key-a") == {(f"a{i}", "icl", "positive") for i in range(3)}
+    assert sorted(os.listdir(answers_dir)) == ["_attempt.json", "done.parquet"]  # the cut file is gone
+    assert synthesize.resume_answers(answers_dir, "key-b") == set()  # other settings: start over
+    assert os.listdir(answers_dir) == ["_attempt.json"]
