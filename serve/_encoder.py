@@ -73,6 +73,33 @@ def forward_batch_size(texts: int, device: str) -> int:
     return min(32, max(4, 1 << max(texts // 4, 1).bit_length() - 1))  # a power of two near texts/4
 
 
+class EncoderMetrics:
+    """What the encoders did, per model, in Ray's metrics (Prometheus, on each node's metrics export port), beside
+    Serve's own request counts and latencies; Ray prefixes the names with `ray_`."""
+
+    def __init__(self):
+        from ray.serve.metrics import Counter, Histogram
+
+        self.texts = Counter("bootembed_texts_embedded", description="Texts embedded.", tag_keys=("model",))
+        self.tokens = Counter("bootembed_tokens_embedded", description="Tokens read by the encoder (usage).",
+                              tag_keys=("model",))
+        self.refused = Counter("bootembed_requests_refused_too_long", description="Requests refused for a text "
+                               "longer than the model reads (truncate off).", tag_keys=("model",))
+        self.batch_texts = Histogram("bootembed_batch_texts", description="Texts per encoded batch.",
+                                     boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], tag_keys=("model",))
+
+    def record(self, model: str, results: list[dict]) -> None:
+        tags = {"model": model}
+        texts = sum(len(r["vectors"]) for r in results if "vectors" in r)
+        if texts:
+            self.texts.inc(texts, tags)
+            self.tokens.inc(sum(r["tokens"] for r in results if "vectors" in r), tags)
+            self.batch_texts.observe(texts, tags)
+        refused = sum("too_long" in r for r in results)
+        if refused:
+            self.refused.inc(refused, tags)
+
+
 @serve.deployment
 class Encoder:
     """Sentence-transformers models by name (`paths`); `__call__(texts)` embeds for the request's multiplexed model id."""
@@ -95,6 +122,7 @@ class Encoder:
         # Built per replica rather than as a decorator, so that its cache size comes from the app's arguments.
         self.model = serve.multiplexed(max_num_models_per_replica=max_models)(model)
         self.batcher = Batcher(self._embed_batch, max_batch_size, batch_wait_timeout_s, concurrent_batches, size=len)
+        self.metrics = EncoderMetrics()
 
     def _load(self, name: str) -> Loaded:
         from sentence_transformers import SentenceTransformer
@@ -122,7 +150,9 @@ class Encoder:
         loaded = await self.model(name)
         # In a thread: the event loop keeps taking requests while this batch is encoded (torch and the tokenizer
         # release the GIL, so `concurrent_batches` batches compute side by side).
-        return await asyncio.to_thread(self._encode_requests, loaded, requests)
+        results = await asyncio.to_thread(self._encode_requests, loaded, requests)
+        self.metrics.record(name, results)
+        return results
 
     def _encode_requests(self, loaded: Loaded, requests: list[list[str]]) -> list[dict]:
         model = loaded.model

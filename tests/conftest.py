@@ -26,13 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+METRICS_PORT = free_port()  # where ray_local's node serves Prometheus metrics (Ray's and bootembed's)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A private local Ray instance (never attaches to one a developer left running)."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-             _node_ip_address="127.0.0.1", log_to_driver=True)
+             _node_ip_address="127.0.0.1", log_to_driver=True, _metrics_export_port=METRICS_PORT)
     yield ray
     ray.shutdown()
 

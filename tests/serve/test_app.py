@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import METRICS_PORT, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -459,6 +459,40 @@ def test_num_replicas_and_max_batch_size_take_effect(keyed, reference):
 
 
 # --- helpers of `bootembed serve` --------------------------------------------------------------------
+
+
+def metric_totals(names: list[str], app: str) -> list[float]:
+    """Each bootembed counter summed over the replicas of `app`, from the node's Prometheus page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return [sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                if line.startswith(f"ray_{name}_total{{") and f'application="{app}"' in line) for name in names]
+
+
+def test_texts_and_tokens_show_in_rays_metrics(server, reference):
+    """Counters per model in Ray's metrics; an app of its own, so no other test's requests are counted."""
+    import time
+
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    app = "bootembed-metrics"
+    serve.run(build_app(AppArgs(models={"minilm": server["models"]["minilm"]})), name=app, route_prefix="/metered")
+    try:
+        tokens = 0
+        for texts in (TEXTS[:2], TEXTS[2:5], [TEXTS[0]]):
+            status, answer = http({"url": server["url"] + "/metered"}, "POST", "/v1/embeddings",
+                                  {"model": "minilm", "input": texts})
+            assert status == 200, answer
+            tokens += answer["usage"]["total_tokens"]
+        names = ["bootembed_texts_embedded", "bootembed_tokens_embedded"]
+        deadline = time.monotonic() + 60  # replicas report their metrics every few seconds
+        while metric_totals(names, app) != [6, tokens] and time.monotonic() < deadline:
+            time.sleep(1)
+        assert metric_totals(names, app) == [6, tokens]
+    finally:
+        serve.delete(app)
 
 
 def test_is_loopback():
