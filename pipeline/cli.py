@@ -166,6 +166,8 @@ def serve(
     batch_wait_timeout_s: Annotated[float, typer.Option(help=_APP["batch_wait_timeout_s"].description, min=0)]
         = _APP["batch_wait_timeout_s"].default,
     num_replicas: Annotated[int, typer.Option(help=_APP["num_replicas"].description, min=1)] = _APP["num_replicas"].default,
+    encoder_gpus: Annotated[float, typer.Option(help=_APP["encoder_gpus"].description, min=0)]
+        = _APP["encoder_gpus"].default,
     multiplex_above: Annotated[int, typer.Option(help=_APP["multiplex_above"].description, min=0)]
         = _APP["multiplex_above"].default,
     max_models_per_replica: Annotated[int, typer.Option(help=_APP["max_models_per_replica"].description, min=1)]
@@ -201,7 +203,7 @@ def serve(
         typer.secho(f"warning: binding {host} without an API key exposes the API to the network; set "
                     f"{_SERVE.api_key_env} (or --api-key-env NAME) or bind 127.0.0.1", fg=typer.colors.YELLOW, err=True)
     args = AppArgs(models=models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-                   num_replicas=num_replicas, multiplex_above=multiplex_above,
+                   num_replicas=num_replicas, encoder_gpus=encoder_gpus, multiplex_above=multiplex_above,
                    max_models_per_replica=max_models_per_replica, truncate=truncate, api_key_env=api_key_env)
 
     stop = threading.Event()

@@ -155,7 +155,8 @@ def build_app(args: AppArgs) -> serve.Application:
     encoders = {}
     for deployment, paths in groups.items():
         handle = Encoder.options(
-            name=deployment, num_replicas=args.num_replicas, ray_actor_options={"num_cpus": cpus},
+            name=deployment, num_replicas=args.num_replicas,
+            ray_actor_options={"num_cpus": cpus, **({"num_gpus": args.encoder_gpus} if args.encoder_gpus else {})},
             max_ongoing_requests=2 * args.max_batch_size * args.concurrent_batches,  # room to fill every batch
         ).bind(paths, args.max_batch_size, args.batch_wait_timeout_s, args.max_models_per_replica, args.truncate,
                args.torch_threads, args.concurrent_batches)

@@ -29,6 +29,9 @@ class AppArgs(BaseModel):
     encoder_cpus: float | None = Field(None, gt=0, description="Ray CPUs each encoder replica reserves; default: all "
                                        "encoder replicas together reserve one, so any number deploys on a small "
                                        "machine instead of waiting forever for CPUs.")
+    encoder_gpus: float = Field(0, ge=0, description="GPUs each encoder replica reserves: 1, or a fraction such as "
+                                "0.5 for two replicas on one GPU; the replica then encodes on the GPU Ray gives it. "
+                                "0: CPU.")
     multiplex_above: int = Field(8, ge=0, description="With more models than this, one multiplexed deployment "
                                  "(`Encoders`) serves them all, each replica loading the models it is asked for; "
                                  "with this many or fewer, each model gets its own deployment (`Encoder-<name>`). "

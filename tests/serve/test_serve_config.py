@@ -95,3 +95,15 @@ def test_config_deploys_through_rays_config_api_and_answers(ray_local, config, m
         assert np.asarray(answer["data"][0]["embedding"]).shape == (384,)
     finally:
         serve.shutdown()
+
+
+def test_encoder_replicas_reserve_the_gpus_asked_for(tiny_encoder):
+    """What Ray is asked to reserve per encoder replica (a GPU cannot be scheduled here, so the built app is read)."""
+    from serve.app import AppArgs, build_app
+
+    def encoder_options(**args) -> list[dict]:
+        api = build_app(AppArgs(models={"a": tiny_encoder, "b": tiny_encoder}, **args))._bound_deployment
+        return [encoder._bound_deployment.ray_actor_options for encoder in api.init_args[0].values()]
+
+    assert encoder_options(encoder_gpus=0.5) == [{"num_cpus": 0.5, "num_gpus": 0.5}] * 2
+    assert encoder_options() == [{"num_cpus": 0.5}] * 2  # CPU: the two replicas share one CPU between them
