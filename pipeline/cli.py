@@ -205,6 +205,10 @@ def serve(
     args = AppArgs(models=models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
                    num_replicas=num_replicas, encoder_gpus=encoder_gpus, multiplex_above=multiplex_above,
                    max_models_per_replica=max_models_per_replica, truncate=truncate, api_key_env=api_key_env)
+    try:
+        application = build_app(args)  # checks every model first, before Ray starts
+    except FileNotFoundError as err:
+        fail(str(err))
 
     stop = threading.Event()
     ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024, _node_ip_address="127.0.0.1")
@@ -213,7 +217,7 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(args), name="bootembed", route_prefix="/")
+    ray_serve.run(application, name="bootembed", route_prefix="/")
     auth = f"API key required (from ${api_key_env or _SERVE.api_key_env})" if api_key else "no API key"
     layout = (f"one multiplexed deployment, {max_models_per_replica} model(s) per replica"
               if len(models) > multiplex_above else "one deployment per model")

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import time
 
 from fastapi import FastAPI, Request
@@ -139,13 +140,20 @@ def build_app(args: AppArgs) -> serve.Application:
     the `args:` mapping of a config file, which Ray validates into AppArgs through this annotation.
 
     Raises:
-        FileNotFoundError: a model folder has no modules.json (all such folders named at once).
+        FileNotFoundError: a model folder has no modules.json, or a hub id names no sentence-transformers model there
+            (nor in the local cache, offline); every such model named at once.
         ValueError: `api_key_env` names a variable that is unset or empty.
     """
-    models = {name: os.path.abspath(os.path.expanduser(path)) for name, path in args.models.items()}
-    missing = [f"{name}: {path}" for name, path in models.items() if not os.path.isfile(os.path.join(path, "modules.json"))]
-    if missing:
-        raise FileNotFoundError(f"not a sentence-transformers folder (no modules.json): {'; '.join(missing)}")
+    hub = {name for name, source in args.models.items() if is_hub_model(source)}
+    models = {name: source if name in hub else os.path.abspath(os.path.expanduser(source))
+              for name, source in args.models.items()}
+    missing = [f"{name}: {path}" for name, path in models.items()
+               if name not in hub and not os.path.isfile(os.path.join(path, "modules.json"))]
+    unknown = [f"{name}: {models[name]} ({problem})" for name in sorted(hub) if (problem := hub_model_problem(models[name]))]
+    problems = ([f"not a sentence-transformers folder (no modules.json): {'; '.join(missing)}"] if missing else []) + (
+        [f"no such folder, nor a sentence-transformers model on the Hugging Face hub: {'; '.join(unknown)}"] if unknown else [])
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
     api_key = api_key_from_env(args.api_key_env)
     # {deployment name: {model: folder}}: one deployment for all models, or one per model
     groups = ({MULTIPLEXED: models} if len(models) > args.multiplex_above
@@ -162,6 +170,26 @@ def build_app(args: AppArgs) -> serve.Application:
                args.torch_threads, args.concurrent_batches)
         encoders.update(dict.fromkeys(paths, handle))
     return Api.bind(encoders, args.max_inputs, sha256(api_key) if api_key else None)
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`, as the hub writes ids
+
+
+def is_hub_model(source: str) -> bool:
+    """Whether `source` names a model on the Hugging Face hub: it is written like a hub id and is no local path."""
+    return bool(HUB_ID.fullmatch(source)) and not os.path.exists(os.path.expanduser(source))
+
+
+def hub_model_problem(model_id: str) -> str | None:
+    """Why `model_id` cannot be served from the hub (or its local cache, offline), or None: only its modules.json is
+    fetched here; each replica loads the model itself, into its own node's cache."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(model_id, "modules.json")
+    except Exception as err:  # noqa: BLE001 - not found, gated, offline and not cached, a bad id: all say why
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -187,17 +215,21 @@ def api_key_from_env(name: str | None) -> str | None:
 
 
 def models_of_run(run_dir: str) -> dict[str, str]:
-    """{name: folder} of the encoders a run trained, or of one sentence-transformers folder.
+    """{name: folder} of the encoders a run trained, or of one sentence-transformers folder; {id: id} for a hub id.
 
     One synthesis strategy: the encoder is named after the run directory. Several: `<run>-<strategy>` each.
-    The non-synthetic baseline is a yardstick, not a product, and is not served.
+    The non-synthetic baseline is a yardstick, not a product, and is not served. A source that is no local path but
+    is written like a hub model id (`org/name`) is served under that id; build_app checks that the hub has it.
     """
     root = os.path.abspath(os.path.expanduser(run_dir))
     name = os.path.basename(root)
     if os.path.isfile(os.path.join(root, "modules.json")):
         return {name: root}
+    if is_hub_model(run_dir):
+        return {run_dir: run_dir}
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{run_dir}: no such directory (expected a run directory or a sentence-transformers folder)")
+        raise FileNotFoundError(f"{run_dir}: no such directory (expected a run directory, a sentence-transformers "
+                                "folder or a hub model id)")
     models_dir = os.path.join(root, "train", "models")
     trained = sorted(v for v in (os.listdir(models_dir) if os.path.isdir(models_dir) else [])
                      if v != "non_synthetic" and os.path.isfile(os.path.join(models_dir, v, "modules.json")))

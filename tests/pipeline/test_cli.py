@@ -61,6 +61,13 @@ def test_serve_refuses_a_folder_without_a_model(tmp_path):
     assert "neither a run directory with a trained model" in result.output
 
 
+def test_serve_names_a_source_that_is_neither_a_folder_nor_a_hub_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["serve", "runs/typo"])  # relative and missing: read as a hub id, which is not there
+    assert result.exit_code == 2
+    assert "runs/typo" in result.output and "nor a sentence-transformers model on the Hugging Face hub" in result.output
+
+
 def test_eval_puts_any_models_side_by_side(tmp_path, tiny_encoder, minilm_path):
     out = tmp_path / "report"
     args = ["eval", str(REPO / "configs" / "demo.yaml"), "--set", f"run_dir={tmp_path / 'run'}", "--set", "languages=[yor]",

@@ -6,8 +6,10 @@ run in this process, through the official `openai` client and plain HTTP (urllib
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -493,6 +495,55 @@ def test_texts_and_tokens_show_in_rays_metrics(server, reference):
         assert metric_totals(names, app) == [6, tokens]
     finally:
         serve.delete(app)
+
+
+@contextlib.contextmanager
+def in_hub_cache(model_id: str, folder: str):
+    """`folder` as the Hugging Face hub cache holds a downloaded `model_id` (refs/main -> a snapshot), so that, offline,
+    the hub's own lookup finds it as it would after a download. Removed afterwards."""
+    from huggingface_hub import constants
+
+    repo = os.path.join(constants.HF_HUB_CACHE, "models--" + model_id.replace("/", "--"))
+    assert not os.path.exists(repo), f"{repo} exists: not a test's to replace"
+    commit = "0" * 40
+    os.makedirs(os.path.join(repo, "refs"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+    shutil.copytree(folder, os.path.join(repo, "snapshots", commit))
+    try:
+        yield
+    finally:
+        shutil.rmtree(repo)
+
+
+def test_a_hub_model_id_is_served_under_its_id(server, reference):
+    """Loading by id: build_app asks the hub (here: its cache, offline) for the model; the replica loads it by id."""
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    model_id, app = "bootembed-test/tiny-encoder", "bootembed-hub"
+    with in_hub_cache(model_id, server["models"]["tiny"]):
+        serve.run(build_app(AppArgs(models={model_id: model_id})), name=app, route_prefix="/hub")
+        try:
+            status, answer = http({"url": server["url"] + "/hub"}, "POST", "/v1/embeddings",
+                                  {"model": model_id, "input": TEXTS[:3]})
+            assert status == 200, answer
+            answer["model"] = "tiny"  # the same weights as the test app's tiny model
+            check_embeddings(answer, "tiny", TEXTS[:3], reference)
+        finally:
+            serve.delete(app)
+
+
+def test_an_unknown_hub_id_or_missing_folder_is_named_before_serving(tmp_path):
+    from serve.app import AppArgs, build_app, models_of_run
+
+    assert models_of_run("bootembed-test/absent") == {"bootembed-test/absent": "bootembed-test/absent"}
+    with pytest.raises(FileNotFoundError) as caught:
+        build_app(AppArgs(models={"a": "bootembed-test/absent", "b": str(tmp_path / "b")}))
+    message = str(caught.value)
+    assert "bootembed-test/absent" in message and "Hugging Face hub" in message
+    assert f"b: {tmp_path / 'b'}" in message and "no modules.json" in message
 
 
 def test_is_loopback():
