@@ -14,8 +14,9 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[str, str] = Field(
-        min_length=1, description="The served encoders, {name clients send as `model`: sentence-transformers folder}; "
-        "relative folders are resolved against the working directory of the process that builds the app.")
+        min_length=1, description="The served encoders, {name clients send as `model`: sentence-transformers folder, or "
+        "a Hugging Face hub model id}; relative folders are resolved against the working directory of the process "
+        "that builds the app.")
     max_batch_size: int = Field(32, ge=1, description="Most requests one encoder replica encodes as one batch.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="Seconds a batch waits to fill up once its first "
                                         "request arrived.")
