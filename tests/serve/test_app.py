@@ -12,6 +12,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -522,7 +523,7 @@ def test_a_hub_model_id_is_served_under_its_id(server, reference):
 
     from serve.app import AppArgs, build_app
 
-    model_id, app = "bootembed-test/tiny-encoder", "bootembed-hub"
+    model_id, app = f"bootembed-test/tiny-{uuid.uuid4().hex[:8]}", "bootembed-hub"  # never one left by a crashed run
     with in_hub_cache(model_id, server["models"]["tiny"]):
         serve.run(build_app(AppArgs(models={model_id: model_id})), name=app, route_prefix="/hub")
         try:
