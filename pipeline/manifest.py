@@ -70,11 +70,18 @@ def write_json(path: str, data: dict) -> None:
     fs.move(tmp, p)
 
 
-def reset_dir(path: str) -> None:
-    """Empty a stage directory before it is rewritten, so no stale partial output survives."""
+def reset_dir(path: str, keep: tuple[str, ...] = ()) -> None:
+    """Empty a stage directory before it is rewritten, so no stale partial output survives; the entries named in
+    `keep` stay (work the stage resumes and checks itself)."""
     fs, p = filesystem(path)
     if fs.get_file_info(p).type != pafs.FileType.NotFound:
-        fs.delete_dir_contents(p)
+        for entry in fs.get_file_info(pafs.FileSelector(p)):
+            if entry.base_name in keep:
+                continue
+            if entry.type == pafs.FileType.Directory:
+                fs.delete_dir(entry.path)
+            else:
+                fs.delete_file(entry.path)
     fs.create_dir(p, recursive=True)
 
 

@@ -36,6 +36,7 @@ class Stage:
     sections: tuple[str, ...]  # the config sections the stage reads
     needs: dict[str, tuple[str, str]] = field(default_factory=dict)  # input name -> (stage, output name)
     uses_ray: bool = False
+    resumable: tuple[str, ...] = ()  # entries of its folder the stage resumes from itself: kept when it reruns
 
 
 STAGES = [
@@ -43,7 +44,7 @@ STAGES = [
     Stage("adapters", adapters.run, ("generator.model", "adapters", "synthesis.strategies", "synthesis.output_language",
                                      "languages", "seed"), {"train": ("seeds", "train")}, uses_ray=True),
     Stage("synthesize", synthesize.run, ("generator", "synthesis"),
-          {"train": ("seeds", "train"), "registry": ("adapters", "registry")}, uses_ray=True),
+          {"train": ("seeds", "train"), "registry": ("adapters", "registry")}, uses_ray=True, resumable=("answers",)),
     # The margin filter scores triplets with the base encoder, so the filter depends on which one it is.
     Stage("filter", filter.run, ("filter", "synthesis", "train.encoder", "train.prefix"),
           {"generations": ("synthesize", "generations")}),
@@ -204,7 +205,7 @@ def call_stage(cfg: RunConfig, stage: Stage, inputs: dict[str, str], out_dir: st
         if local_inputs[name] != path and exists(path):
             copy_tree(path, local_inputs[name])
     local_out = mirrored(cfg, out_dir)
-    reset_dir(local_out)
+    reset_dir(local_out, keep=stage.resumable)  # a failed attempt's resumable work stays, on this machine
     result = stage.fn(cfg, local_inputs, local_out)
     copy_tree(local_out, out_dir)
     result.outputs = {name: mirrored(cfg, path, back=True) for name, path in result.outputs.items()}

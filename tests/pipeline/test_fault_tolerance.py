@@ -170,3 +170,31 @@ def test_resume_keeps_complete_answer_files_of_the_same_attempt_only(tmp_path):
     assert sorted(os.listdir(answers_dir)) == ["_attempt.json", "done.parquet"]  # the cut file is gone
     assert synthesize.resume_answers(answers_dir, "key-b") == set()  # other settings: start over
     assert os.listdir(answers_dir) == ["_attempt.json"]
+
+
+def test_a_run_kept_in_s3_resumes_synthesis_from_its_local_mirror(ray_local, make_config, s3_bucket, tiny_generator):
+    """A failed stage uploads nothing, so the answers an interrupted attempt wrote live in the local mirror: a rerun
+    on the same machine keeps them, and the bucket gets the whole stage once it finishes."""
+    from pipeline.manifest import join
+    from pipeline.run import mirrored, run_root
+
+    cfg = make_config(run_dir=f"{s3_bucket}/run", languages=["yor"], seeds={"max_per_language": 30},
+                      generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4}, synthesis={"num_shots": 0})
+    answers_dir = os.path.join(mirrored(cfg, join(run_root(cfg), "synthesize")), "answers")
+    stages = ["seeds", "adapters", "synthesize"]
+    watcher = WhenAnswersAppear(answers_dir, lambda: _thread.interrupt_main() or True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(cfg, stages)
+    finally:
+        watcher.done.set()
+    answered = answered_rows(answers_dir)
+    assert 0 < answered < 60
+
+    manifests = run_pipeline(cfg, stages)
+    assert manifests["synthesize"]["counts"]["resumed"] == answered
+    answers = pads.dataset(output_path(cfg, manifests["synthesize"], "answers"), format="parquet").to_table().to_pylist()
+    assert output_path(cfg, manifests["synthesize"], "answers").startswith("s3://")
+    counts = request_keys(answers)
+    assert len(counts) == 60 and max(counts.values()) == 1
