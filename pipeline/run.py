@@ -49,7 +49,7 @@ STAGES = [
     Stage("filter", filter.run, ("filter", "synthesis", "train.encoder", "train.prefix"),
           {"generations": ("synthesize", "generations")}),
     Stage("train", train.run, ("train", "seed", "languages", "synthesis.strategies"), {"triplets": ("filter", "triplets")},
-          uses_ray=True),
+          uses_ray=True, resumable=("checkpoints",)),  # Ray Train resumes a run of the same name (train.py)
     Stage("evaluate", evaluate.run, ("evaluate", "train"),
           {"eval": ("seeds", "eval"), "models": ("train", "models"), "triplets": ("filter", "triplets")}),
 ]
