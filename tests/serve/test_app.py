@@ -368,8 +368,10 @@ def keyed(server):
 
     os.environ[KEY_ENV] = KEY  # read once, when the app is built; only its SHA-256 reaches the replicas
     try:
+        # Half a CPU for both replicas: with the main app's one, the instance's 2 CPUs keep room for the apps that
+        # later tests deploy beside these (Ray would leave their replicas pending forever).
         serve.run(build_app(AppArgs(models={"tiny": server["models"]["tiny"]}, max_batch_size=2,
-                                    batch_wait_timeout_s=0.05, num_replicas=2, api_key_env=KEY_ENV)),
+                                    batch_wait_timeout_s=0.05, num_replicas=2, api_key_env=KEY_ENV, encoder_cpus=0.25)),
                   name=KEYED_APP, route_prefix=KEYED_PREFIX)
     finally:
         del os.environ[KEY_ENV]
@@ -481,7 +483,9 @@ def test_texts_and_tokens_show_in_rays_metrics(server, reference):
     from serve.app import AppArgs, build_app
 
     app = "bootembed-metrics"
-    serve.run(build_app(AppArgs(models={"minilm": server["models"]["minilm"]})), name=app, route_prefix="/metered")
+    # A small CPU share: the module's other apps reserve most of the test instance's 2 CPUs.
+    serve.run(build_app(AppArgs(models={"minilm": server["models"]["minilm"]}, encoder_cpus=0.1)), name=app,
+              route_prefix="/metered")
     try:
         tokens = 0
         for texts in (TEXTS[:2], TEXTS[2:5], [TEXTS[0]]):
@@ -525,7 +529,7 @@ def test_a_hub_model_id_is_served_under_its_id(server, reference):
 
     model_id, app = f"bootembed-test/tiny-{uuid.uuid4().hex[:8]}", "bootembed-hub"  # never one left by a crashed run
     with in_hub_cache(model_id, server["models"]["tiny"]):
-        serve.run(build_app(AppArgs(models={model_id: model_id})), name=app, route_prefix="/hub")
+        serve.run(build_app(AppArgs(models={model_id: model_id}, encoder_cpus=0.1)), name=app, route_prefix="/hub")
         try:
             status, answer = http({"url": server["url"] + "/hub"}, "POST", "/v1/embeddings",
                                   {"model": model_id, "input": TEXTS[:3]})
