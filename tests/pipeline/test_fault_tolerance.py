@@ -118,26 +118,37 @@ def test_synthesis_answers_every_request_exactly_once_when_its_generation_actor_
     assert not [r["status"] for r in rows if "missing" in r["status"]], "every role of every anchor has its answer"
 
 
-def test_an_interrupted_synthesis_resumes_where_it_stopped(ray_local, make_config, tiny_generator):
-    cfg = make_config(languages=["yor"], seeds={"max_per_language": 30},
-                      generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4}, synthesis={"num_shots": 0})
-    answers_dir = os.path.join(cfg.run_dir, "synthesize", "answers")
-    stages = ["seeds", "adapters", "synthesize"]
+STAGES = ["seeds", "adapters", "synthesize"]
+SMALL_SYNTHESIS = {"languages": ["yor"], "seeds": {"max_per_language": 30}, "synthesis": {"num_shots": 0}}
 
-    # Ctrl-C once the first answers are on disk.
+
+def interrupt_once_answers_appear(cfg, answers_dir: str) -> int:
+    """Run seeds -> synthesize, Ctrl-C it once the first answers are on disk; the rows answered by then."""
     watcher = WhenAnswersAppear(answers_dir, lambda: _thread.interrupt_main() or True)
     watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_pipeline(cfg, stages)
+            run_pipeline(cfg, STAGES)
     finally:
         watcher.done.set()
+    # Write tasks already running when Ctrl-C came may still finish their files: count once the folder is still.
+    answered, still_since, deadline = answered_rows(answers_dir), time.monotonic(), time.monotonic() + 60
+    while time.monotonic() - still_since < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (now := answered_rows(answers_dir)) != answered:
+            answered, still_since = now, time.monotonic()
+    assert 0 < answered <= 60, "interrupted after the first answers of the 30 anchors x 2 roles"
+    return answered
+
+
+def test_an_interrupted_synthesis_resumes_where_it_stopped(ray_local, make_config, tiny_generator):
+    cfg = make_config(**SMALL_SYNTHESIS, generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4})
+    answers_dir = os.path.join(cfg.run_dir, "synthesize", "answers")
+    answered = interrupt_once_answers_appear(cfg, answers_dir)
     assert os.path.exists(manifest_path(cfg, "adapters")) and not os.path.exists(manifest_path(cfg, "synthesize"))
-    answered = answered_rows(answers_dir)
-    assert 0 < answered < 60, "interrupted with part of the 30 anchors x 2 roles answered"
 
     logs = []
-    manifests = run_pipeline(cfg, stages, log=logs.append)
+    manifests = run_pipeline(cfg, STAGES, log=logs.append)
     stage_of = lambda line: line.split("]")[0][1:]  # noqa: E731
     assert [stage_of(line) for line in logs if "up to date" in line] == ["seeds", "adapters"], logs
     assert [stage_of(line) for line in logs if "running" in line] == ["synthesize"], logs
@@ -152,9 +163,9 @@ def test_an_interrupted_synthesis_resumes_where_it_stopped(ray_local, make_confi
 
     # Other generation settings: nothing of the earlier answers is kept. Throughput settings alone keep them all.
     changed = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"max_new_tokens": 5})})
-    assert run_pipeline(changed, stages)["synthesize"]["counts"]["resumed"] == 0
+    assert run_pipeline(changed, STAGES)["synthesize"]["counts"]["resumed"] == 0
     faster = changed.model_copy(update={"generator": changed.generator.model_copy(update={"batch_size": 8})})
-    assert run_pipeline(faster, stages)["synthesize"]["counts"]["resumed"] == 60
+    assert run_pipeline(faster, STAGES)["synthesize"]["counts"]["resumed"] == 60
 
 
 def test_resume_keeps_complete_answer_files_of_the_same_attempt_only(tmp_path):
@@ -178,21 +189,11 @@ def test_a_run_kept_in_s3_resumes_synthesis_from_its_local_mirror(ray_local, mak
     from pipeline.manifest import join
     from pipeline.run import mirrored, run_root
 
-    cfg = make_config(run_dir=f"{s3_bucket}/run", languages=["yor"], seeds={"max_per_language": 30},
-                      generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4}, synthesis={"num_shots": 0})
-    answers_dir = os.path.join(mirrored(cfg, join(run_root(cfg), "synthesize")), "answers")
-    stages = ["seeds", "adapters", "synthesize"]
-    watcher = WhenAnswersAppear(answers_dir, lambda: _thread.interrupt_main() or True)
-    watcher.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_pipeline(cfg, stages)
-    finally:
-        watcher.done.set()
-    answered = answered_rows(answers_dir)
-    assert 0 < answered < 60
+    cfg = make_config(**SMALL_SYNTHESIS, run_dir=f"{s3_bucket}/run",
+                      generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4})
+    answered = interrupt_once_answers_appear(cfg, os.path.join(mirrored(cfg, join(run_root(cfg), "synthesize")), "answers"))
 
-    manifests = run_pipeline(cfg, stages)
+    manifests = run_pipeline(cfg, STAGES)
     assert manifests["synthesize"]["counts"]["resumed"] == answered
     answers = pads.dataset(output_path(cfg, manifests["synthesize"], "answers"), format="parquet").to_table().to_pylist()
     assert output_path(cfg, manifests["synthesize"], "answers").startswith("s3://")
