@@ -24,7 +24,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline._dictd import DictionaryError, read_dictd, read_dictionary, single_word
-from pipeline.seeds import PIVOT, read_records
+from pipeline import _stats, records
+from pipeline.records import read_records
+from pipeline.seeds import PIVOT
 
 BUNDLED_DICTIONARIES = {"kha": "kha-eng", "swh": "swh-eng"}  # pipeline/corpus/freedict/<pair>.index/.dict.dz
 
@@ -288,42 +290,12 @@ def _cell(row: dict, column: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _text_lines(path: str) -> list[str]:
-    """The stripped lines of a UTF-8 text file, blank lines at its end dropped.
-
-    Split on newlines only, as editors and `wc -l` count lines (str.splitlines would also split on U+2028, U+0085...).
-    """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise Skipped(f"parallel file {path} does not exist")
-    try:
-        lines = [line.strip() for line in p.read_text(encoding="utf-8").split("\n")]
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
-
-
 def aligned_text_files(target: str, english: str) -> list[tuple[str, str]]:
-    """(sentence, English translation) pairs of two line-aligned text files: line i of one translates line i of the other.
-
-    A line blank in both files (a paragraph break) is left out; a line blank in one file only is an error, because
-    from there on the files are out of step or a translation is missing.
-    """
-    src, eng = _text_lines(target), _text_lines(english)
-    if len(src) != len(eng):
-        raise ValueError(f"parallel files are not aligned: {target} has {len(src)} lines, {english} has {len(eng)} "
-                         "(blank lines at the end not counted); line i of one must be the translation of line i of the other")
-    pairs = []
-    for n, (s, e) in enumerate(zip(src, eng), 1):
-        if s and e:
-            pairs.append((s, e))
-        elif s or e:
-            blank, other = (target, english) if not s else (english, target)
-            raise ValueError(f"{blank}:{n}: empty line, but line {n} of {other} is not; each sentence needs its "
-                             "translation on the same line (leave a line blank in both files to skip it)")
-    return pairs
+    """records.aligned_text_files; a file that does not exist is a skipped language, not an error."""
+    try:
+        return records.aligned_text_files(target, english)
+    except FileNotFoundError as e:
+        raise Skipped(f"parallel file {e}") from None
 
 
 def parallel_table(path: str, lang: str) -> list[tuple[str, str]]:
@@ -440,18 +412,23 @@ def sts_scores(vecs1: np.ndarray, vecs2: np.ndarray, gold: np.ndarray) -> dict:
 # ---------------------------------------------------------------- summaries
 
 def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], metrics: dict[str, str], primary: str,
-              models: list[str], samples: int, level: float = 0.95, seed: int = 0, extra: dict | None = None) -> dict:
+              models: list[str], samples: int, level: float = 0.95, seed: int = 0, extra: dict | None = None,
+              reference: str | None = None) -> dict:
     """Task result from per-item vectors.
 
     per_item: lang -> model -> {metric: per-item array (a mean metric) or float (a corpus metric)}.
     metrics: metric -> vector key in per_item (a mean over items) or `=key` (a float, e.g. macro-F1).
     Every mean metric gets bootstrap intervals per language and on the average (the mean of the
     per-language means, items resampled within each language), and a paired interval of each
-    model's difference to the first model. `primary` names the metric plots and "n" follow.
+    model's difference to the first model, with a paired permutation p value (`delta_p`), the smallest difference
+    the items can detect (`detectable`), and, when `reference` names one of the models (the parallel strategy, the
+    upper bound), the share of its gain each other trained model closes (`gap_closed`). `primary` names the metric
+    plots and "n" follow.
     """
     langs = list(per_item)
     vectors = {name: key for name, key in metrics.items() if not key.startswith("=")}
     out: dict = {"metrics": list(metrics), "primary": primary, "per_language": {}, "average": {}, "delta_ci": {},
+                 "delta_p": {}, "detectable": {}, "gap_closed": {}, "gap_reference": reference if reference in models else None,
                  "confidence": level, "bootstrap_samples": samples}
     for lang in langs:
         out["per_language"][lang] = {}
@@ -464,6 +441,8 @@ def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], met
             if m != models[0]:
                 scores["delta_ci"] = {name: bootstrap_delta_ci([item[key]], [per_item[lang][models[0]][key]], samples, level, seed)
                                       for name, key in vectors.items()}
+                scores["delta_p"] = {name: _stats.paired_permutation_p([item[key]], [per_item[lang][models[0]][key]], samples, seed)
+                                     for name, key in vectors.items()}
             out["per_language"][lang][m] = scores | (extra or {}).get(lang, {})
     for lang, reason in skipped.items():
         out["per_language"][lang] = {"skipped": reason}
@@ -475,8 +454,19 @@ def summarise(per_item: dict[str, dict[str, dict]], skipped: dict[str, str], met
             avg["ci"] = {name: bootstrap_mean_ci([per_item[l][m][key] for l in langs], samples, level, seed)
                          for name, key in vectors.items()}
             out["average"][m] = avg
+        column = lambda m, key: [per_item[l][m][key] for l in langs]  # noqa: E731 - one vector per language
         for m in models[1:]:
-            out["delta_ci"][m] = {name: bootstrap_delta_ci([per_item[l][m][key] for l in langs],
-                                                           [per_item[l][models[0]][key] for l in langs], samples, level, seed)
+            out["delta_ci"][m] = {name: bootstrap_delta_ci(column(m, key), column(models[0], key), samples, level, seed)
                                   for name, key in vectors.items()}
+            out["delta_p"][m] = {name: _stats.paired_permutation_p(column(m, key), column(models[0], key), samples, seed)
+                                 for name, key in vectors.items()}
+        out["detectable"] = {name: _stats.detectable_difference(
+            [_stats.standard_error(column(m, key), column(models[0], key)) for m in models[1:]], column(models[0], key), level)
+            for name, key in vectors.items()}
+        if out["gap_reference"]:
+            for m in models[1:]:
+                if m != reference:
+                    out["gap_closed"][m] = {name: _stats.bootstrap_ratio(column(m, key), column(reference, key),
+                                                                         column(models[0], key), samples, level, seed)
+                                            for name, key in vectors.items()}
     return out

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import RunConfig
+from pipeline.config import ADAPTER_STRATEGIES, RunConfig
 from pipeline.manifest import StageOutput, join
 
 ROLES = ("positive", "negative")
@@ -71,7 +71,7 @@ def chat_example(anchor: str, role: str, output: str) -> tuple[list[dict], str]:
 
 def anchors_in(pairs: list[dict], lang: str) -> list[dict]:
     """Pairs whose anchor py3langid reads as `lang` (the bundled pairs carry no language column)."""
-    from pipeline.filter import identify, langid_code
+    from pipeline.langid import identify, langid_code
 
     code = langid_code(lang)
     if code is None:
@@ -82,7 +82,7 @@ def anchors_in(pairs: list[dict], lang: str) -> list[dict]:
 
 def read_task_data(path: str) -> list[dict]:
     """User task-adapter data (anchor, positive, negative) -> pairs like the bundled ones."""
-    from pipeline.seeds import SeedError, read_records
+    from pipeline.records import RecordError, read_records
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -91,7 +91,7 @@ def read_task_data(path: str) -> list[dict]:
         raise AdapterDataError(f"adapters.task_data: {path}: expected .csv, .tsv, .jsonl or .parquet")
     try:
         records = read_records(p)
-    except SeedError as err:
+    except RecordError as err:
         raise AdapterDataError(str(err)) from None
     pairs = []
     for r in records:
@@ -312,10 +312,11 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
 
     registry_path = join(out_dir, "registry.parquet")
     os.makedirs(out_dir, exist_ok=True)
-    strategies = [s for s in cfg.synthesis.strategies if s != "icl"]
+    strategies = [s for s in cfg.synthesis.strategies if s in ADAPTER_STRATEGIES]
     if not strategies:
         pq.write_table(pa.Table.from_pylist([], schema=REGISTRY_SCHEMA), registry_path)
-        return StageOutput(outputs={"registry": registry_path}, counts={"adapters": 0}, details={"note": "icl needs no adapter"})
+        return StageOutput(outputs={"registry": registry_path}, counts={"adapters": 0},
+                           details={"note": f"{', '.join(cfg.synthesis.strategies)} need(s) no adapter"})
 
     base = resolve_model(cfg.generator.model, cfg.cache_dir)
     seeds_train = pq.read_table(inputs["train"], columns=["lang", "text"]).to_pylist()

@@ -50,7 +50,11 @@ def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
     typer.echo("\nStage timings: " + ", ".join(f"{n} {m['seconds']:.0f}s" for n, m in manifests.items()) + f" (total {total:.0f}s)")
     averages = manifests["evaluate"]["details"].get("average", {})
     for model, avg in averages.items():
-        typer.echo(f"  {model:14s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
+        if "to_eng" in avg:  # languages with held-out UDHR text
+            typer.echo(f"  {model:14s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
+    verdict = manifests["evaluate"]["details"].get("verdict")
+    if verdict:
+        typer.secho(f"Verdict: {verdict['headline']}", bold=True)
     typer.echo(f"Report:  {output_path(cfg, manifests['evaluate'], 'report')}")
     typer.echo(f"Models:  {output_path(cfg, manifests['train'], 'models')}")
     typer.echo(f"Serve:   bootembed serve {cfg.run_dir}")

@@ -37,11 +37,13 @@ class RayConfig(_Section):
 
 class SeedsConfig(_Section):
     udhr: bool = Field(True, description="Use the bundled UDHR text of each language as seed text.")
-    files: list[str] = Field(
+    files: list[str | list[str]] = Field(
         default_factory=list,
         description="User seed files: .txt (one sentence a line), .jsonl, .csv or .parquet with a `text` "
         "column and an optional `lang` column; without one, the language is the file name's last "
-        "dot-separated part before the extension (e.g. seeds.yor.txt).",
+        "dot-separated part before the extension (e.g. seeds.yor.txt). A reference translation into English "
+        "(what the `parallel` strategy trains on and triplet fidelity is measured against) is an `eng` column, or "
+        "an entry of two line-aligned plain-text files: [seeds.yor.txt, seeds.yor.eng.txt].",
     )
     eval_fraction: float = Field(
         0.4, gt=0.0, lt=1.0, description="Share of aligned UDHR units held out for evaluation, never seen by synthesis or training."
@@ -50,6 +52,15 @@ class SeedsConfig(_Section):
     min_chars: int = Field(20, ge=1, description="Seed sentences shorter than this are not used as anchors.")
     max_chars: int = Field(300, ge=10, description="Seed sentences longer than this are not used as anchors.")
     max_per_language: int = Field(100, ge=1, description="At most this many anchors per language (a deterministic sample).")
+
+    @field_validator("files")
+    @classmethod
+    def _file_entries(cls, files: list) -> list:
+        problems = [f"seeds.files[{i}]: expected a file, or two line-aligned files [sentences.txt, english.txt]; got "
+                    f"{len(entry)} file(s)" for i, entry in enumerate(files) if isinstance(entry, list) and len(entry) != 2]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return files
 
 
 class GeneratorConfig(_Section):
@@ -84,21 +95,28 @@ class GeneratorConfig(_Section):
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 = greedy decoding.")
 
 
-STRATEGIES = ("icl", "composition", "xllora")
-Strategy = Literal["icl", "composition", "xllora"]
+STRATEGIES = ("icl", "composition", "xllora", "parallel")
+Strategy = Literal["icl", "composition", "xllora", "parallel"]
+ADAPTER_STRATEGIES = ("composition", "xllora")  # the strategies that need LoRA adapters on the generator
 
 
 class SynthesisConfig(_Section):
     strategies: list[Strategy] = Field(
         default_factory=lambda: ["icl"], min_length=1,
         description="Synthesis strategies to run side by side: 'icl' = few-shot prompts to the base generator; 'composition' = "
-        "task adapters merged with language adapters (AdaMergeX); 'xllora' = cross-lingual LoRA adapters per role.")
+        "task adapters merged with language adapters (AdaMergeX); 'xllora' = cross-lingual LoRA adapters per role; "
+        "'parallel' = no synthetic positive: the seed's human reference translation is the positive (the in-language "
+        "upper bound every synthetic strategy is measured against; needs seeds with references, e.g. the bundled UDHR).")
     output_language: Literal["eng", "same"] = Field(
         "eng",
         description="Language of positives and hard negatives: 'eng' makes cross-lingual triplets (the paper), "
         "'same' asks for the anchor's language.",
     )
     num_shots: int = Field(3, ge=0, le=16, description="Few-shot examples in each prompt (from the bundled cross-lingual NLI pairs).")
+    parallel_negatives: Literal["mine", "generate"] = Field(
+        "mine", description="Hard negatives of the parallel strategy: 'mine' = the reference most similar to the anchor's own "
+        "reference under the base encoder (train.encoder; sentence-transformers' mine_hard_negatives), no generation; "
+        "'generate' = the generator writes an English sentence on the reference's topic that contradicts it.")
 
 
 class AdaptersConfig(_Section):
@@ -132,8 +150,13 @@ class FilterConfig(_Section):
     margin: float | None = Field(
         None, ge=-2.0, le=2.0,
         description="If set, the base encoder (train.encoder) must score cos(anchor, positive) - cos(anchor, negative) "
-        "at least this high, or the triplet is dropped; empty = no margin filter.",
+        "at least this high, or the triplet is dropped; empty = no margin filter. Synthetic strategies only: the parallel "
+        "strategy's positives are human translations, and the pairs the base encoder gets wrong are the ones to learn.",
     )
+    fidelity_encoder: str = Field(
+        "bundled:all-minilm-l6-v2",
+        description="English encoder that scores triplet fidelity (generated positives and negatives against the seed's "
+        "reference translation): 'bundled:<name>', a local folder or a hub id.")
 
 
 class TrainConfig(_Section):
@@ -144,12 +167,18 @@ class TrainConfig(_Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP; gloo on CPU, nccl on GPU).")
     use_gpu: bool = Field(False, description="Give each Ray Train worker a GPU.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each Ray Train worker (its torch threads).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads of each Ray Train worker; empty = its CPUs rounded up. More than its CPUs "
+        "only pays when nothing else runs beside training (a laptop demo).")
     batch_size: int = Field(32, ge=2, description="Global batch size (triplets per step over all workers).")
     epochs: int = Field(1, ge=1, description="Passes over the filtered triplets.")
     lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps with linear learning-rate warm-up.")
     temperature: float = Field(0.05, gt=0, description="InfoNCE softmax temperature.")
-    max_length: int = Field(32, ge=4, description="Token limit of each text during training.")
+    max_length: int | Literal["auto"] = Field(
+        32, description="Token limit of each text during training (longer texts are cut; the share cut is reported). "
+        "'auto' = the longest training text's length, at most the encoder's own limit (512 for BERT-like models): "
+        "paragraph seeds are then never cut.")
     pooling: Literal["mean", "cls", "avg_first_last"] = Field(
         "mean", description="How token states become one sentence vector: 'mean' over tokens, 'cls' token, or "
         "'avg_first_last' (the paper's: mean over tokens of the average of the first and last layer). The same pooling "
@@ -160,9 +189,10 @@ class TrainConfig(_Section):
         3, ge=-1, description="Worker failures (a killed or preempted node) a training run survives by restarting from "
         "its last epoch checkpoint; -1 = no limit.")
     gather_across_workers: bool = Field(True, description="Use every worker's batch as negatives (effective batch = global batch).")
-    non_synthetic_baseline: bool = Field(
-        True, description="Also train the encoder on as many human-made triplets (the bundled cross-lingual NLI pairs) as "
-        "the largest synthetic set, the paper's non-synthetic baseline, and report it beside every strategy.")
+    human_nli_baseline: bool = Field(
+        True, description="Also train the encoder on as many human-made cross-lingual NLI triplets (the bundled XNLI pairs "
+        "of 14 other languages) as the largest synthetic set, the paper's non-synthetic baseline (`human_nli` in the "
+        "report). The in-language human baseline is the `parallel` strategy.")
 
 
 class EvaluateConfig(_Section):
@@ -290,13 +320,16 @@ class RunConfig(_Section):
             raise ValueError("no seed text: set seeds.udhr: true or list files in seeds.files")
         if self.generator.engine == "openai" and not self.generator.api_base:
             raise ValueError("generator.engine is 'openai' but generator.api_base is empty (e.g. http://127.0.0.1:8001/v1)")
-        adapter_strategies = [s for s in self.synthesis.strategies if s != "icl"]
+        adapter_strategies = [s for s in self.synthesis.strategies if s in ADAPTER_STRATEGIES]
         if adapter_strategies and self.synthesis.output_language != "eng":
             raise ValueError(f"synthesis.strategies {adapter_strategies} train adapters on English outputs; they need "
                              "synthesis.output_language: eng")
         if adapter_strategies and self.generator.engine == "openai":
             raise ValueError(f"synthesis.strategies {adapter_strategies} need LoRA adapters on the generator, which the "
                              "openai engine cannot load; use generator.engine hf or vllm, or strategies [icl]")
+        if "parallel" in self.synthesis.strategies and self.synthesis.output_language != "eng":
+            raise ValueError("synthesis.strategies has 'parallel', whose positives are English reference translations; it "
+                             "needs synthesis.output_language: eng")
         if len(set(self.synthesis.strategies)) != len(self.synthesis.strategies):
             raise ValueError(f"synthesis.strategies lists a strategy twice: {self.synthesis.strategies}")
         if pycountry.languages.get(alpha_3=self.adapters.composition_source) is None:

@@ -34,11 +34,17 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import _eval_tasks as tasks
+from pipeline import fidelity as fidelity_measures
+from pipeline._verdict import UPPER_BOUND, fmt_p, verdict, verdict_markdown
 from pipeline.config import RunConfig
 from pipeline.manifest import StageOutput, join, read_json
 from pipeline.seeds import PIVOT
 
 REQUIRED_COLUMNS = {"lang", "unit", "text", "held_out"}
+
+
+class NothingScored(ValueError):
+    """No task had data for any language: the report says why, and the run must not look like a success."""
 
 
 # ---------------------------------------------------------------- metrics (pure numpy)
@@ -207,12 +213,11 @@ def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig
         return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, 1))
 
     texts = [r["text"] for r in rows]
-    emb = model.encode(texts, prompt=cfg.train.prefix, batch_size=cfg.evaluate.batch_size, normalize_embeddings=True,
-                       convert_to_numpy=True, show_progress_bar=False)
+    emb = encode(texts)
     items: dict[str, dict] = {"retrieval": {lang: bitext_items(rows, emb, lang) for lang in langs}}
     per_lang = {lang: bitext_scores(rows, emb, lang) for lang in langs}
     keys = ("to_eng", "from_eng", "mrr10_to_eng", "mrr10_from_eng")
-    average = {k: float(np.mean([m[k] for m in per_lang.values()])) for k in keys}
+    average = {k: float(np.mean([m[k] for m in per_lang.values()])) for k in keys} if per_lang else {}
     average["queries"] = sum(m["queries"] for m in per_lang.values())
     skipped: dict[str, dict] = {}
     probes: dict[tuple, object] = {}  # one probe per training set (the same English texts for every language)
@@ -233,7 +238,17 @@ def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig
                 items.setdefault(task, {})[lang] = fn(d)
             except tasks.Skipped as e:
                 skipped.setdefault(task, {})[lang] = str(e)
-    return {"per_language": per_lang, "average": average, "_items": items, "_skipped": skipped}
+    return {"per_language": per_lang, "average": average, "truncation": truncation(model, list(cache), cfg.train.prefix),
+            "_items": items, "_skipped": skipped}
+
+
+def truncation(model, texts: list[str], prefix: str) -> dict:
+    """How many of the texts this model encoded were longer than it reads (max_seq_length), so were cut."""
+    if not texts:
+        return {"max_seq_length": model.max_seq_length, "texts": 0, "truncated_share": 0.0, "longest": 0}
+    lengths = [len(ids) for ids in model.tokenizer([prefix + t for t in texts], truncation=False)["input_ids"]]
+    return {"max_seq_length": model.max_seq_length, "texts": len(texts), "longest": max(lengths),
+            "truncated_share": sum(n > model.max_seq_length for n in lengths) / len(lengths)}
 
 
 def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped: dict, skipped_langs: dict) -> dict:
@@ -257,7 +272,7 @@ def summarise_tasks(cfg: RunConfig, results: dict, task_data: dict, task_skipped
         extra = {lang: {"source": d[3]} for lang, d in task_data.get("bli", {}).items()} if task == "bli" else None
         out[task] = {"description": TASK_DESCRIPTIONS[task],
                      **tasks.summarise(per_item, skipped, TASK_METRICS[task], PRIMARY_METRIC[task], models,
-                                       ev.bootstrap_samples, ev.confidence, cfg.seed, extra)}
+                                       ev.bootstrap_samples, ev.confidence, cfg.seed, extra, reference=UPPER_BOUND)}
     return out
 
 
@@ -324,21 +339,88 @@ def task_tables(name: str, task: dict, models: list[str], languages: list[str]) 
             cells = [(f"**{v:.3f}**" if v == best and vals.count(best) == 1 else f"{v:.3f}") + _fmt_ci(cells_src[m]["ci"].get(metric))
                      for m, v in zip(models, vals)]
             delta_cis = task["delta_ci"] if lang == "average" else {m: cells_src[m].get("delta_ci", {}) for m in models[1:]}
+            delta_ps = task.get("delta_p", {}) if lang == "average" else {m: cells_src[m].get("delta_p", {}) for m in models[1:]}
             deltas = [f"{v - vals[0]:+.3f}" + _fmt_ci(delta_cis.get(m, {}).get(metric), signed=True)
+                      + (f" {fmt_p(p)}" if (p := delta_ps.get(m, {}).get(metric)) is not None else "")
                       for m, v in zip(models[1:], vals[1:])]
             row = [label, *cells, *deltas, str(cells_src[models[0]]["n"])]
             if has_source:
                 row.append(cells_src[models[0]].get("source", ""))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if task.get("detectable", {}).get(task["metrics"][0]) is not None:
+        d = task["detectable"]
+        lines += ["Smallest difference these items detect on the average (80% power, paired two-sided test): " +
+                  ", ".join(f"{m} ±{d[m]:.3f}" for m in task["metrics"] if d.get(m) is not None) + ".", ""]
     return lines
+
+
+def fidelity_tables(fidelity: dict | None) -> list[str]:
+    """Triplet fidelity per strategy and language (pipeline/fidelity.py), before training."""
+    if not fidelity:
+        return []
+    lines = ["## Triplet fidelity (before training)", ""]
+    if fidelity.get("skipped"):
+        return lines + [f"Not measured: {fidelity['skipped']}.", ""]
+    labels = fidelity_measures.MEASURE_LABELS
+    lines += [f"Every parsed triplet whose anchor has a human reference translation, scored against that reference under "
+              f"an English encoder (`{fidelity.get('encoder', '?')}`). `pos nearest own ref`: share of positives whose "
+              "nearest reference, among every reference of the language, is their own anchor's (chance = 1 / references); "
+              "`chrF(pos, ref)`: character n-gram F-score, 0-100; `cos(neg, ref)`: how on-topic (hard) the negatives are; "
+              "`neg below pos`: share of triplets whose negative is less like the reference than their positive, the order "
+              "training relies on. The `parallel` strategy's positive is the reference itself.", "",
+              "| strategy | language | n | " + " | ".join(labels[m] for m in fidelity_measures.MEASURES) + " | chance nearest |",
+              "|" + "---|" * (4 + len(fidelity_measures.MEASURES))]
+    rows = [(g["strategy"], g["lang"], g) for g in fidelity["per_group"]]
+    rows += [(s, f"average ({v['languages']})", v) for s, v in fidelity["per_strategy"].items()]
+    for strategy, lang, g in sorted(rows, key=lambda r: (r[0], r[1].startswith("average"), r[1])):
+        cells = [f"{g[m]:.1f}" if m == "chrf" else f"{g[m]:.2f}" for m in fidelity_measures.MEASURES]
+        lines.append(f"| {strategy} | {lang} | {g['n']} | " + " | ".join(cells) + f" | {g['chance_nearest']:.2f} |")
+    return lines + [""]
+
+
+def length_lines(metrics: dict, summary: dict) -> list[str]:
+    """What share of texts training and evaluation cut to their token limits (UDHR units are paragraphs)."""
+    lines = ["## Text lengths", ""]
+    train = summary.get("train lengths")
+    if train:
+        cut = round(train["truncated_share"] * train["texts"])
+        lines.append(f"- Training: max_length {train['max_length']} tokens; longest training text {train['longest']}; "
+                     f"{cut} of {train['texts']} texts cut ({train['truncated_share']:.1%}).")
+    for name, t in metrics.get("truncation", {}).items():
+        if t["texts"]:
+            cut = round(t["truncated_share"] * t["texts"])
+            lines.append(f"- Evaluation, `{name}`: reads {t['max_seq_length']} tokens; longest text {t['longest']}; "
+                         f"{cut} of {t['texts']} texts cut ({t['truncated_share']:.1%}).")
+    return lines + [""] if len(lines) > 2 else []
+
+
+def nothing_scored_report(metrics: dict) -> str:
+    """The report of an evaluation with no score at all: why, task by task."""
+    lines = ["# bootembed report", "", "**Evaluation scored nothing: no task had data for any language.** Nothing here "
+             "says whether training helped. Give evaluation data for your languages: `evaluate.parallel` (sentences with "
+             "their English translations), `evaluate.query_docs`, `evaluate.sts`, `evaluate.dictionaries`, or use a "
+             "language that the bundled UDHR has.", "", "| task | language | why not scored |", "|---|---|---|"]
+    for task, r in metrics.get("tasks", {}).items():
+        for lang, v in r["per_language"].items():
+            lines.append(f"| {task} | {lang} | {v.get('skipped', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def fidelity_of(inputs: dict[str, str]) -> dict | None:
+    """The filter stage's fidelity.json, when this evaluation is part of a run that has one."""
+    path = inputs.get("fidelity")
+    return read_json(path) if path else None
 
 
 def report_markdown(metrics: dict, summary: dict, plots: bool = True) -> str:
     """report.md; `plots` = whether retrieval.png and tasks.png are drawn beside it (links to them, or none)."""
     models = list(metrics["models"])
-    lines = ["# bootembed report", "", f"Languages: {', '.join(metrics['languages'])}. Config hash `{metrics['config_hash']}`.", ""]
     task_results = metrics.get("tasks", {})
+    scored_langs = list(dict.fromkeys(lang for t in task_results.values() for lang, v in t["per_language"].items()
+                                      if "skipped" not in v)) or metrics["languages"]
+    lines = ["# bootembed report", "", f"Languages: {', '.join(scored_langs)}. Config hash `{metrics['config_hash']}`.", ""]
+    lines += verdict_markdown(metrics.get("verdict"))
     retrieval_plot = ["![retrieval](retrieval.png)", ""] if plots else []
     if "retrieval" not in task_results:
         lines += legacy_retrieval_tables(metrics) + retrieval_plot
@@ -348,17 +430,20 @@ def report_markdown(metrics: dict, summary: dict, plots: bool = True) -> str:
             lines += retrieval_plot
     if len(task_results) > 1 and plots:
         lines += ["![tasks](tasks.png)", ""]
+    lines += fidelity_tables(summary.get("fidelity"))
+    lines += length_lines(metrics, summary)
     strategies = summary.get("strategies", [])
     if strategies:
         lines += ["## Training data per strategy", "",
-                  "`non_synthetic` = the baseline trained on as many human-made cross-lingual NLI triplets as the largest "
-                  "synthetic set.", "",
+                  "`human_nli` = the paper's non-synthetic baseline: as many human-made cross-lingual NLI triplets (14 "
+                  "other languages) as the largest synthetic set. `parallel` = the in-language human baseline: each "
+                  "anchor's reference translation as its positive.", "",
                   "| strategy | generated | parsed | kept | trained on | final loss | main drop reasons | note |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(str(r[k]) for k in ("strategy", "generated", "parsed", "kept", "trained_on", "final_loss",
                                                       "top_drop_reasons", "note")) + " |" for r in strategies]
         lines.append("")
-    facts = [f"- {k}: {v}" for k, v in summary.items() if not isinstance(v, list)]
+    facts = [f"- {k}: {v}" for k, v in summary.items() if not isinstance(v, list) and k not in ("fidelity", "train lengths")]
     if facts:  # models evaluated outside a run (`bootembed eval`) have no upstream data to show
         lines += ["## Data", "", *facts]
     examples = summary.get("examples", [])
@@ -482,29 +567,48 @@ LABELLED_MODELS = 3  # plots label each bar with its value up to this many model
 
 
 def plot_retrieval(metrics: dict, path: str) -> None:
+    """retrieval.png: `headline_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = headline_figure(metrics)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def headline_figure(metrics: dict):
+    """The verdict's task (bitext retrieval when the languages have UDHR text): acc@1 both directions (or the task's
+    primary metric) per language and on average, a bar per model, its bootstrap interval as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    langs, models = [*metrics["languages"], "average"], list(metrics["models"])
-    fig, axes = plt.subplots(1, 2, figsize=(5 + 0.4 * len(langs) * len(models), 4), sharey=True)
+    name = (metrics.get("verdict") or {}).get("task") or next(t for t, r in metrics["tasks"].items() if r["average"])
+    task = metrics["tasks"][name]
+    shown = [m for m in ("x->eng acc@1", "eng->x acc@1") if m in task["metrics"]] or [task["primary"]]
+    langs = [lang for lang, r in task["per_language"].items() if "skipped" not in r]
+    models = list(task["average"])
+    fig, axes = plt.subplots(1, len(shown), figsize=(2 + len(shown) * (2 + 0.45 * (len(langs) + 1) * len(models)), 4.2),
+                             sharey=True, squeeze=False)
     width = 0.8 / len(models)
-    for ax, (direction, label) in zip(axes, (("to_eng", "x -> eng"), ("from_eng", "eng -> x"))):
+    for ax, metric in zip(axes[0], shown):
         for k, m in enumerate(models):
-            vals = [metrics["models"][m]["average" if lang == "average" else "per_language"] for lang in langs]
-            vals = [v[direction] if lang == "average" else v[lang][direction] for v, lang in zip(vals, langs)]
-            bars = ax.bar(np.arange(len(langs)) + k * width, vals, width, label=m)
+            cells = [task["per_language"][lang][m] for lang in langs] + [task["average"][m]]
+            vals = np.array([c[metric] for c in cells])
+            cis = [c["ci"].get(metric) or [v, v] for c, v in zip(cells, vals)]
+            x = np.arange(len(cells)) + k * width
+            bars = ax.bar(x, vals, width, label=m)
+            err = np.clip(np.array([[v - ci[0] for v, ci in zip(vals, cis)], [ci[1] - v for v, ci in zip(vals, cis)]]), 0, None)
+            ax.errorbar(x, vals, yerr=err, fmt="none", ecolor="black", capsize=3, linewidth=1)
             if len(models) <= LABELLED_MODELS:  # more bars than that: the labels overlap; the tables have the numbers
-                ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_xticks(np.arange(len(langs)) + width * (len(models) - 1) / 2, langs)
-        ax.set_title(f"Bitext retrieval acc@1, {label}")
+                ax.bar_label(bars, fmt="%.2f", fontsize=7, label_type="center")
+        ax.set_xticks(np.arange(len(langs) + 1) + width * (len(models) - 1) / 2, [*langs, "average"])
+        ax.set_title(f"{TASK_TITLES.get(name, name)}: {metric}", fontsize=10)
         ax.set_ylim(0, 1.05)
-    axes[0].set_ylabel("accuracy@1")
-    axes[0].legend()
+    axes[0][0].set_ylabel(f"{shown[0].split()[-1]} (bars: {int(round(100 * task.get('confidence', 0.95)))}% interval)")
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def plot_tasks(metrics: dict, path: str) -> None:
@@ -582,7 +686,10 @@ def data_summary(inputs: dict[str, str], strategies: list[str]) -> dict:
             summary[f"{stage} seconds"] = manifest["seconds"]
             if "drop_reasons" in manifest.get("details", {}):
                 summary[f"{stage} drop reasons"] = manifest["details"]["drop_reasons"]
+            if stage == "train" and "lengths" in manifest.get("details", {}):
+                summary["train lengths"] = manifest["details"]["lengths"]
     summary["strategies"] = strategy_summary(inputs, strategies)
+    summary["fidelity"] = fidelity_of(inputs)
     if "triplets" in inputs:
         triplets = pq.read_table(inputs["triplets"]).to_pylist()
         by_group: dict[tuple, list] = {}
@@ -652,36 +759,45 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
     langs = [lang for lang in cfg.languages if lang in present]
     skipped = {lang: "no held-out UDHR text for this language" for lang in cfg.languages if lang not in present}
     task_data, task_skipped = prepare_tasks(cfg, cfg.languages)  # these tasks need no UDHR text
-    results = {name: evaluate_model(path, rows, langs, cfg, task_data) for name, path in models.items()} if langs else {}
+    results = {name: evaluate_model(path, rows, langs, cfg, task_data) for name, path in models.items()}
     metrics = {
         "languages": langs,
         "skipped": skipped,
         "config_hash": cfg.section_hash(*RunConfig.model_fields),
         "task": "bitext retrieval accuracy@1 on held-out UDHR units",
         "models": {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()},
-        "tasks": summarise_tasks(cfg, results, task_data, task_skipped, skipped) if langs else {},
+        "tasks": summarise_tasks(cfg, results, task_data, task_skipped, skipped),
+        "truncation": {name: r["truncation"] for name, r in results.items()},
     }
+    scored = [task for task, r in metrics["tasks"].items() if r["average"]]
+    metrics["verdict"] = verdict(metrics, fidelity_of(inputs)) if scored else None
     names = ("metrics.json", "report.md", "report.html", "retrieval.png", "tasks.png")
     metrics_path, report_path, html_path, plot_path, tasks_plot_path = (join(out_dir, n) for n in names)
     with open(metrics_path, "w") as f:
         json.dump(metrics, f, indent=2)
     outputs = {"metrics": metrics_path, "report": report_path, "report_html": html_path}
-    plots = bool(langs) and cfg.evaluate.plot
+    plots = bool(scored) and cfg.evaluate.plot
     if plots:  # drawn before the report, which report.html inlines
         plot_retrieval(metrics, plot_path)
         outputs["plot"] = plot_path
-        if len(metrics["tasks"]) > 1:
+        if len(scored) > 1:
             plot_tasks(metrics, tasks_plot_path)
             outputs["tasks_plot"] = tasks_plot_path
-    report = report_markdown(metrics, data_summary(inputs, cfg.synthesis.strategies), plots) if langs else \
-        "# bootembed report\n\nNo language has held-out evaluation text: " + json.dumps(skipped) + "\n"
+    report = report_markdown(metrics, data_summary(inputs, cfg.synthesis.strategies), plots) if scored else \
+        nothing_scored_report(metrics)
     with open(report_path, "w") as f:
         f.write(report)
     with open(html_path, "w") as f:
         f.write(report_html(report, out_dir))
+    if not scored:
+        raise NothingScored(f"evaluate scored nothing: no task had data for any of {cfg.languages}. Why, per task: "
+                            f"{report_path}. Give evaluation data: evaluate.parallel (your translations), "
+                            "evaluate.query_docs, evaluate.sts, evaluate.dictionaries, or a language of the bundled UDHR")
     averages = {m: v["average"] for m, v in metrics["models"].items()}
     task_averages = {t: {m: {k: v for k, v in a.items() if k != "ci"} for m, a in r["average"].items()}
                      for t, r in metrics["tasks"].items() if t != "retrieval"}
     task_skips = {t: {lang: v["skipped"] for lang, v in r["per_language"].items() if "skipped" in v} for t, r in metrics["tasks"].items()}
-    return StageOutput(outputs=outputs, counts={"languages": len(langs)},
-                       details={"average": averages, "skipped": skipped, "tasks": task_averages, "task_skipped": task_skips})
+    return StageOutput(outputs=outputs, counts={"languages": len({lang for r in metrics["tasks"].values() for lang in r["per_language"]
+                                                                  if "skipped" not in r["per_language"][lang]})},
+                       details={"average": averages, "skipped": skipped, "tasks": task_averages, "task_skipped": task_skips,
+                                "verdict": metrics["verdict"]})

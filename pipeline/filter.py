@@ -8,38 +8,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import pycountry
 
 from pipeline.config import FilterConfig, RunConfig
-from pipeline.manifest import StageOutput, join
+from pipeline.langid import identify, langid_code
+from pipeline import fidelity
+from pipeline.manifest import StageOutput, join, write_json
 
 TRIPLET_SCHEMA = pa.schema([(c, pa.string()) for c in ("id", "lang", "strategy", "anchor", "positive", "negative")])
 DROPPED_SCHEMA = pa.schema([(c, pa.string()) for c in ("id", "lang", "strategy", "anchor", "positive", "negative", "reason")])
-
-
-@lru_cache(maxsize=1)
-def _identifier():
-    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
-
-
-@lru_cache(maxsize=None)
-def langid_code(iso639_3: str) -> str | None:
-    """py3langid's two-letter label for an ISO 639-3 code, or None when it does not know the language."""
-    lang = pycountry.languages.get(alpha_3=iso639_3)
-    code = getattr(lang, "alpha_2", None)
-    return code if code in _identifier().nb_classes else None
-
-
-def identify(text: str) -> tuple[str, float]:
-    label, prob = _identifier().classify(text)
-    return label, float(prob)
 
 
 def _norm(text: str) -> str:
@@ -113,16 +93,31 @@ def margins(rows: list[dict], encoder_path: str, prefix: str) -> list[float]:
     return ((emb["anchor"] * emb["positive"]).sum(1) - (emb["anchor"] * emb["negative"]).sum(1)).tolist()
 
 
+HUMAN_STRATEGIES = {"parallel"}  # positives are human translations: no margin filter (see FilterConfig.margin)
+
+
 def apply_margin(kept: list[dict], cfg: RunConfig) -> tuple[list[dict], list[dict]]:
-    """Drop triplets the base encoder does not rank positive-over-negative by at least filter.margin."""
+    """Drop synthetic triplets the base encoder does not rank positive-over-negative by at least filter.margin."""
     from pipeline.models import resolve_model
 
-    if cfg.filter.margin is None or not kept:
+    synthetic = [r for r in kept if r["strategy"] not in HUMAN_STRATEGIES]
+    if cfg.filter.margin is None or not synthetic:
         return kept, []
-    scores = margins(kept, resolve_model(cfg.train.encoder, cfg.cache_dir), cfg.train.prefix)
-    passed = [r for r, m in zip(kept, scores) if m >= cfg.filter.margin]
-    failed = [{**r, "reason": "margin_below_threshold"} for r, m in zip(kept, scores) if m < cfg.filter.margin]
+    scores = margins(synthetic, resolve_model(cfg.train.encoder, cfg.cache_dir), cfg.train.prefix)
+    passed = [r for r in kept if r["strategy"] in HUMAN_STRATEGIES] + [r for r, m in zip(synthetic, scores) if m >= cfg.filter.margin]
+    failed = [{**r, "reason": "margin_below_threshold"} for r, m in zip(synthetic, scores) if m < cfg.filter.margin]
     return passed, failed
+
+
+def triplet_fidelity(rows: list[dict], cfg: RunConfig) -> dict:
+    """Fidelity of every parsed triplet against its reference (pipeline/fidelity.py), before any is dropped."""
+    from pipeline.models import resolve_model
+
+    parsed = [r for r in rows if r["status"] == "ok"]
+    if not any(r.get("reference") for r in parsed):
+        return fidelity.measure([], "")
+    return {"encoder": cfg.filter.fidelity_encoder,
+            **fidelity.measure(parsed, resolve_model(cfg.filter.fidelity_encoder, cfg.cache_dir))}
 
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
@@ -130,17 +125,21 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     kept, dropped = filter_rows(rows, cfg)
     kept, below_margin = apply_margin(kept, cfg)
     dropped += below_margin
+    scores = triplet_fidelity(rows, cfg)
     triplets_path, dropped_path = join(out_dir, "triplets.parquet"), join(out_dir, "dropped.parquet")
+    fidelity_path = join(out_dir, "fidelity.json")
+    write_json(fidelity_path, scores)
     pq.write_table(pa.Table.from_pylist(sorted(kept, key=lambda r: r["id"]), schema=TRIPLET_SCHEMA), triplets_path)
     pq.write_table(pa.Table.from_pylist(dropped, schema=DROPPED_SCHEMA), dropped_path)
     reasons = Counter(r["reason"].split(";")[0] if r["reason"].startswith("generation:") else r["reason"] for r in dropped)
     return StageOutput(
-        outputs={"triplets": triplets_path, "dropped": dropped_path},
+        outputs={"triplets": triplets_path, "dropped": dropped_path, "fidelity": fidelity_path},
         counts={"input": len(rows), "kept": len(kept), "dropped": len(dropped)},
         details={
             "drop_reasons": dict(sorted(reasons.items())),
             "kept_per_language": dict(sorted(Counter(r["lang"] for r in kept).items())),
             "kept_per_strategy": dict(sorted(Counter(r["strategy"] for r in kept).items())),
+            "fidelity": scores["per_strategy"],
             "drop_reasons_per_strategy": {
                 s: dict(sorted(Counter(r["reason"].split(";")[0] for r in dropped if r["strategy"] == s).items()))
                 for s in sorted({r["strategy"] for r in rows})},

@@ -43,7 +43,8 @@ STAGES = [
     Stage("seeds", seeds.run, ("languages", "seeds", "seed")),
     Stage("adapters", adapters.run, ("generator.model", "adapters", "synthesis.strategies", "synthesis.output_language",
                                      "languages", "seed"), {"train": ("seeds", "train")}, uses_ray=True),
-    Stage("synthesize", synthesize.run, ("generator", "synthesis"),
+    # train.encoder mines the parallel strategy's hard negatives
+    Stage("synthesize", synthesize.run, ("generator", "synthesis", "train.encoder", "train.prefix"),
           {"train": ("seeds", "train"), "registry": ("adapters", "registry")}, uses_ray=True, resumable=("answers",)),
     # The margin filter scores triplets with the base encoder, so the filter depends on which one it is.
     Stage("filter", filter.run, ("filter", "synthesis", "train.encoder", "train.prefix"),
@@ -51,7 +52,8 @@ STAGES = [
     Stage("train", train.run, ("train", "seed", "languages", "synthesis.strategies"), {"triplets": ("filter", "triplets")},
           uses_ray=True, resumable=("checkpoints",)),  # Ray Train resumes a run of the same name (train.py)
     Stage("evaluate", evaluate.run, ("evaluate", "train"),
-          {"eval": ("seeds", "eval"), "models": ("train", "models"), "triplets": ("filter", "triplets")}),
+          {"eval": ("seeds", "eval"), "models": ("train", "models"), "triplets": ("filter", "triplets"),
+           "fidelity": ("filter", "fidelity")}),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 

@@ -2,7 +2,9 @@
 
 Each anchor becomes one request per (strategy, role): icl = few-shot prompt to the base
 generator; composition / xllora = zero-shot prompt to the role's adapter from the adapters
-registry. Ray Data streams the requests through the configured engine (pipeline/engines.py).
+registry. The parallel strategy generates no positive: an anchor's human reference translation is
+its positive, and its hard negative is either mined among the other references with the base
+encoder or written by the generator from the reference (`synthesis.parallel_negatives`). Ray Data streams the requests through the configured engine (pipeline/engines.py).
 Model output is parsed, never trusted: a row whose answer cannot be parsed, whose prompt is
 too long, or whose generation raised is kept with its reason in `status` (and counted),
 never fails the job. answers/ keeps every raw answer; generations.parquet has one row per
@@ -35,6 +37,7 @@ from pipeline.engines import OK  # the one "no problem" status of every engine a
 from pipeline.manifest import StageOutput, join, read_json, reset_dir, write_json
 
 REQUIRED_COLUMNS = {"id", "lang", "text"}
+REFERENCE = "reference"  # the seeds' optional column: the anchor's human English translation
 ROLES = ("positive", "negative")
 
 ROLE_INSTRUCTIONS = {
@@ -100,6 +103,8 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
     """One generation request per (anchor, strategy, role), ordered by adapter so each engine batch uses one.
 
     icl prompts carry few-shot examples; adapter strategies get the zero-shot prompt their adapters were trained on.
+    The parallel strategy asks only for generated negatives, written from the anchor's English reference, and only
+    for anchors that have one.
     """
     from pipeline.adapters import find_adapter
 
@@ -108,6 +113,12 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
     for row in seeds:
         language = "English" if cfg.synthesis.output_language == "eng" else language_name(row["lang"])
         for strategy in cfg.synthesis.strategies:
+            if strategy == "parallel":
+                if row.get(REFERENCE) and cfg.synthesis.parallel_negatives == "generate":
+                    messages = build_messages(row[REFERENCE], "negative", row["id"], "English", cfg.synthesis.num_shots)
+                    requests.append({"id": row["id"], "lang": row["lang"], "strategy": strategy, "role": "negative",
+                                     "adapter": "", "anchor": row["text"], "messages": json.dumps(messages, ensure_ascii=False)})
+                continue
             for role in ROLES:
                 adapter = ""  # the base model; "" not None, so the column stays a string column in every batch format
                 if strategy != "icl":
@@ -136,15 +147,30 @@ def registry_by_language(registry: list[dict]) -> dict[str | None, list[dict]]:
     return by_lang
 
 
-def assemble_triplets(answers: list[dict]) -> list[dict]:
-    """Answer rows (one per role) -> one generations row per (anchor, strategy), with every problem in `status`."""
+def given_answers(seeds: list[dict], strategies: list[str]) -> list[dict]:
+    """The parallel strategy's positives: each anchor's human reference, an answer that needs no generation or parsing."""
+    if "parallel" not in strategies:
+        return []
+    return [{"id": r["id"], "lang": r["lang"], "strategy": "parallel", "role": "positive", "anchor": r["text"],
+             "raw": r[REFERENCE], "status": OK, "given": True} for r in seeds if r.get(REFERENCE)]
+
+
+def assemble_triplets(answers: list[dict], references: dict[str, str] | None = None) -> list[dict]:
+    """Answer rows (one per role) -> one generations row per (anchor, strategy), with every problem in `status`.
+
+    references: seed id -> English reference, carried into each row (fidelity measures against it).
+    """
     grouped: dict[tuple[str, str], dict] = {}
     for a in answers:
         row = grouped.setdefault((a["id"], a["strategy"]), {
             "id": a["id"], "lang": a["lang"], "strategy": a["strategy"], "anchor": a["anchor"],
+            "reference": (references or {}).get(a["id"]),
             "positive": None, "negative": None, "raw_positive": None, "raw_negative": None, "_problems": {}, "_seen": set()})
         row["_seen"].add(a["role"])
-        text, status = parse_answer(a["raw"]) if a["status"] == OK else (None, a["status"])
+        if a.get("given"):
+            text, status = a["raw"], OK
+        else:
+            text, status = parse_answer(a["raw"]) if a["status"] == OK else (None, a["status"])
         row[a["role"]] = text
         row[f"raw_{a['role']}"] = a["raw"]
         if status != OK:
@@ -164,7 +190,8 @@ def assemble_triplets(answers: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- the stage
 
 GENERATIONS_SCHEMA = pa.schema(
-    [(name, pa.string()) for name in ("id", "lang", "strategy", "anchor", "positive", "negative", "raw_positive", "raw_negative", "status")]
+    [(name, pa.string()) for name in ("id", "lang", "strategy", "anchor", "reference", "positive", "negative", "raw_positive",
+                                      "raw_negative", "status")]
 )
 
 
@@ -261,13 +288,48 @@ def generate_answers(cfg: RunConfig, requests: list[dict], model_path: str, regi
     generate(cfg, ds, model_path, registry).write_parquet(answers_dir, ray_remote_args={"num_cpus": 0.1})
 
 
+def mined_answers(seeds: list[dict], cfg: RunConfig) -> list[dict]:
+    """The parallel strategy's hard negatives, mined on the English side: for each anchor's reference, the most similar
+    other reference under the base encoder (sentence-transformers' mine_hard_negatives), short of a near-copy."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    from pipeline.models import resolve_model
+
+    rows = [r for r in seeds if r.get(REFERENCE)]
+    references = sorted({r[REFERENCE] for r in rows})
+    if len(references) < 2:
+        return [{"id": r["id"], "lang": r["lang"], "strategy": "parallel", "role": "negative", "anchor": r["text"],
+                 "raw": "", "status": "no_other_reference_to_mine"} for r in rows]
+    model = SentenceTransformer(resolve_model(cfg.train.encoder, cfg.cache_dir), device="cpu")
+    mined = mine_hard_negatives(
+        Dataset.from_dict({"query": references, "reference": references}), model, corpus=references, num_negatives=1,
+        relative_margin=MINING_MARGIN, sampling_strategy="top", query_prompt=cfg.train.prefix,
+        corpus_prompt=cfg.train.prefix, output_format="triplet", verbose=False)
+    negative_of = {r["query"]: r["negative"] for r in mined}
+    return [{"id": r["id"], "lang": r["lang"], "strategy": "parallel", "role": "negative", "anchor": r["text"],
+             "raw": negative_of.get(r[REFERENCE], ""), "given": r[REFERENCE] in negative_of,
+             "status": OK if r[REFERENCE] in negative_of else "no_mined_negative"} for r in rows]
+
+
+# A mined negative must score below (1 - this) x the reference's score with itself: a near-copy of the reference (the
+# same sentence in another article) would be a false negative.
+MINING_MARGIN = 0.05
+
+
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     from pipeline.adapters import read_registry
     from pipeline.models import resolve_model
 
     seeds_path = inputs["train"]
-    check_columns(pq.read_schema(seeds_path).names, seeds_path)
-    seeds = pq.read_table(seeds_path, columns=sorted(REQUIRED_COLUMNS)).to_pylist()
+    names = pq.read_schema(seeds_path).names
+    check_columns(names, seeds_path)
+    seeds = pq.read_table(seeds_path, columns=sorted(REQUIRED_COLUMNS | ({REFERENCE} & set(names)))).to_pylist()
+    if "parallel" in cfg.synthesis.strategies and not any(r.get(REFERENCE) for r in seeds):
+        raise ValueError("synthesize: synthesis.strategies has 'parallel', but no seed has a reference translation: use "
+                         "the bundled UDHR (seeds.udhr: true) or give seed files an `eng` column, or two line-aligned "
+                         "files [seeds.yor.txt, seeds.yor.eng.txt] (see `bootembed config --help-fields`)")
     registry = read_registry(inputs["registry"]) if inputs.get("registry") else []
     requests = plan_requests(seeds, cfg, registry)
     model_path = cfg.generator.model if cfg.generator.engine == "openai" else resolve_model(cfg.generator.model, cfg.cache_dir)
@@ -280,8 +342,11 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     if todo:
         generate_answers(cfg, todo, model_path, registry, answers_dir)
 
-    answers = pads.dataset(answers_dir, format="parquet").to_table().to_pylist()
-    rows = assemble_triplets(answers)
+    answers = pads.dataset(answers_dir, format="parquet").to_table().to_pylist() if todo or answered else []
+    answers += given_answers(seeds, cfg.synthesis.strategies)
+    if "parallel" in cfg.synthesis.strategies and cfg.synthesis.parallel_negatives == "mine":
+        answers += mined_answers(seeds, cfg)
+    rows = assemble_triplets(answers, {r["id"]: r[REFERENCE] for r in seeds if r.get(REFERENCE)})
     gen_path = join(out_dir, "generations.parquet")
     pq.write_table(pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA), gen_path)
     statuses = [r["status"] for r in rows]

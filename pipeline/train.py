@@ -60,15 +60,36 @@ def load_encoder(path: str, freeze_embeddings: bool):
     return tokenizer, model
 
 
-def embed_triplets(model, tokenizer, batch: dict, cfg: dict):
-    """One forward pass over anchors, positives and negatives together -> three [b, d] tensors."""
-    prefix, b = cfg["prefix"], len(batch["anchor"])
-    texts = [prefix + str(t) for col in ("anchor", "positive", "negative") for t in batch[col]]
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_length"], return_tensors="pt")
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    hidden = token_states(model, enc, cfg["pooling"])  # [3b, t, d]
-    emb = pool(hidden, enc["attention_mask"], cfg["pooling"])  # [3b, d]
-    return emb[:b], emb[b:2 * b], emb[2 * b:]
+def triplet_encoder(model, pooling: str):
+    """The encoder as one module whose forward embeds anchors, positives and negatives in a pass each.
+
+    A pass per column pads each to its own longest text: a paragraph anchor no longer pads every short positive and
+    negative to its length (about 2x less compute on UDHR). One module call per step keeps DDP's gradient hooks to
+    one firing per parameter, as DDP requires.
+    """
+    import torch
+
+    class TripletEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *encodings: dict):
+            return tuple(pool(token_states(self.model, enc, pooling), enc["attention_mask"], pooling)  # [b, d] each
+                         for enc in encodings)
+
+    return TripletEncoder()
+
+
+def embed_triplets(encoder, tokenizer, batch: dict, cfg: dict):
+    """Anchors, positives and negatives of a batch -> three [b, d] tensors (`encoder`: a triplet_encoder)."""
+    device = next(encoder.parameters()).device
+    encodings = []
+    for col in ("anchor", "positive", "negative"):
+        enc = tokenizer([cfg["prefix"] + str(t) for t in batch[col]], padding=True, truncation=True,
+                        max_length=cfg["max_length"], return_tensors="pt")
+        encodings.append({k: v.to(device) for k, v in enc.items()})
+    return encoder(*encodings)
 
 
 # ---------------------------------------------------------------- the Ray Train loop
@@ -79,10 +100,10 @@ def train_loop(config: dict) -> None:
     import torch
     from ray.train.torch import prepare_model
 
-    from pipeline.losses import gather_with_grad, info_nce
+    from pipeline.losses import gather_ids, gather_with_grad, info_nce, repeated_positives, text_ids
 
     cfg = config["train"]
-    torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
+    torch.set_num_threads(cfg["torch_threads"] or max(1, math.ceil(cfg["cpus_per_worker"])))
     torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
@@ -104,8 +125,9 @@ def train_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-    model = prepare_model(model) if world > 1 else model
-    model.train()
+    encoder = triplet_encoder(model, cfg["pooling"])
+    encoder = prepare_model(encoder) if world > 1 else encoder
+    encoder.train()
 
     shard = ray.train.get_dataset_shard("train")
     local_batch = cfg["batch_size"] // world
@@ -115,13 +137,17 @@ def train_loop(config: dict) -> None:
                                         local_shuffle_seed=config["seed"] + epoch):
             if len(batch["anchor"]) < 2:
                 continue
-            anchor, positive, negative = embed_triplets(model, tokenizer, batch, cfg)
+            anchor, positive, negative = embed_triplets(encoder, tokenizer, batch, cfg)
+            positive_ids, negative_ids = text_ids(batch["positive"]), text_ids(batch["negative"])
+            candidate_ids = torch.cat([positive_ids, negative_ids])
             if cfg["gather_across_workers"]:
                 positive, offset = gather_with_grad(positive)
                 negative, _ = gather_with_grad(negative)
+                candidate_ids = torch.cat([gather_ids(positive_ids), gather_ids(negative_ids)])
             else:
                 offset = 0
-            loss = info_nce(anchor, positive, negative, cfg["temperature"], offset)
+            loss = info_nce(anchor, positive, negative, cfg["temperature"], offset,
+                            repeated_positives(positive_ids, candidate_ids, offset))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -136,8 +162,7 @@ def train_loop(config: dict) -> None:
         history.append(metrics)
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                unwrapped = model.module if hasattr(model, "module") else model
-                torch.save({"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "epoch": epoch, "history": history}, os.path.join(d, "state.pt"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
@@ -146,8 +171,13 @@ def train_loop(config: dict) -> None:
 
 # ---------------------------------------------------------------- export
 
-def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, out_path: str, details: dict) -> None:
-    """Write a sentence-transformers folder: weights + tokenizer, pooling, normalisation, prompt, model card."""
+def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, out_path: str, details: dict,
+                                max_length: int | None = None) -> None:
+    """Write a sentence-transformers folder: weights + tokenizer, pooling, normalisation, prompt, model card.
+
+    max_length: the length training used (train.max_length as fitted). The model reads as much as the encoder it was
+    trained from (e5-small: 512 tokens), so base and trained encoders see the same text in evaluation and serving.
+    """
     import inspect
 
     from sentence_transformers import SentenceTransformer
@@ -165,7 +195,9 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
     with tempfile.TemporaryDirectory() as hf_dir:
         model.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
-        transformer = Transformer(hf_dir, max_seq_length=max(cfg.train.max_length, 128), model_kwargs=no_pooler)
+        trained = max_length or (cfg.train.max_length if isinstance(cfg.train.max_length, int) else 512)
+        transformer = Transformer(hf_dir, max_seq_length=max(trained, encoder_limit(tokenizer, encoder_path)),
+                                  model_kwargs=no_pooler)
         # Training put the prefix on every text, so documents get it too (mteb and encode_document use "document").
         prompts = {"query": cfg.train.prefix, "document": cfg.train.prefix} if cfg.train.prefix else {}
         modules = [transformer, *pooling_modules(transformer, cfg.train.pooling), Normalize()]
@@ -201,13 +233,13 @@ def pooling_modules(transformer, mode: str) -> list:
 
 def model_card_note(cfg: RunConfig, details: dict) -> str:
     variant = details.get("variant", "")
-    data = ("human-made cross-lingual NLI triplets (the non-synthetic baseline)" if variant == BASELINE else
+    data = ("human-made cross-lingual NLI triplets of other languages (the human_nli baseline)" if variant == BASELINE else
             f"synthetic triplets for {', '.join(cfg.languages)} (strategy: {variant or ', '.join(cfg.synthesis.strategies)}; "
             f"generator `{cfg.generator.model}`)")
     return (
         f"# bootembed encoder\n\nFine-tuned from `{cfg.train.encoder}` on {data}.\n\nTraining: InfoNCE (temperature {cfg.train.temperature}) over in-batch and hard "
         f"negatives, batch {cfg.train.batch_size}, lr {cfg.train.lr}, {cfg.train.epochs} epoch(s), max length "
-        f"{cfg.train.max_length}, {cfg.train.pooling} pooling; {details.get('triplets', '?')} triplets, final loss "
+        f"{details.get('max_length', cfg.train.max_length)}, {cfg.train.pooling} pooling; {details.get('triplets', '?')} triplets, final loss "
         f"{details.get('final_loss', float('nan')):.4f}.\n\nTexts are prefixed with {cfg.train.prefix!r} "
         f"(the default prompt of this model, applied by `encode`).\n\nLoad: `SentenceTransformer(path)`.\n"
     )
@@ -238,10 +270,10 @@ def triplets_dataset(path: str):
     return ray.data.read_parquet(path)
 
 
-BASELINE = "non_synthetic"
+BASELINE = "human_nli"  # human-made cross-lingual NLI triplets of 14 other languages (TrainConfig.human_nli_baseline)
 
 
-def non_synthetic_triplets(size: int, seed: int) -> pa.Table:
+def human_nli_triplets(size: int, seed: int) -> pa.Table:
     """`size` human-made triplets: the bundled cross-lingual NLI pairs (anchor, English entailed / contradicting hypothesis)."""
     from pipeline.adapters import bundled_pairs
 
@@ -277,14 +309,47 @@ def training_sets(cfg: RunConfig, triplets_path: str, data_dir: str) -> tuple[di
     if not sets:
         raise ValueError(f"train: {triplets_path} holds no strategy with at least 2 triplets ({skipped}). Look at "
                          "filter/dropped.parquet for why rows were dropped, or raise seeds.max_per_language")
-    if cfg.train.non_synthetic_baseline:
+    if cfg.train.human_nli_baseline:
         size = max(pq.read_metadata(p).num_rows for p in sets.values())
         sets = {BASELINE: join(data_dir, f"{BASELINE}.parquet"), **sets}
-        pq.write_table(non_synthetic_triplets(size, cfg.seed), sets[BASELINE])
+        pq.write_table(human_nli_triplets(size, cfg.seed), sets[BASELINE])
     return sets, skipped
 
 
-def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str, variant: str) -> tuple[dict, dict]:
+def token_lengths(tokenizer, texts: list[str], prefix: str) -> list[int]:
+    """Tokens of each text as training feeds it (prefix included, special tokens counted)."""
+    return [len(ids) for ids in tokenizer([prefix + t for t in texts], truncation=False)["input_ids"]]
+
+
+def encoder_limit(tokenizer, encoder_path: str) -> int:
+    """The longest input the encoder takes: its position embeddings, or its tokenizer's limit when that is smaller."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(encoder_path)
+    positions = getattr(config, "max_position_embeddings", 512)
+    if getattr(config, "model_type", "") in ("xlm-roberta", "roberta", "camembert"):
+        positions -= 2  # RoBERTa-style position ids start after the padding index
+    declared = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else positions
+    return int(min(positions, declared))
+
+
+def fit_max_length(cfg: RunConfig, encoder_path: str, triplet_files: list[str]) -> tuple[int, dict]:
+    """train.max_length as a number ('auto' = the longest training text, within the encoder's limit), and what share of
+    the training texts it cuts: {"max_length", "longest", "truncated_share", "texts"}."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+    texts = sorted({str(t) for f in triplet_files for col in REQUIRED_COLUMNS for t in pq.read_table(f, columns=[col])[col].to_pylist()})
+    lengths = token_lengths(tokenizer, texts, cfg.train.prefix)
+    limit = encoder_limit(tokenizer, encoder_path)
+    longest = max(lengths, default=0)
+    max_length = min(longest, limit) if cfg.train.max_length == "auto" else min(cfg.train.max_length, limit)
+    return max_length, {"max_length": max_length, "longest": longest, "texts": len(texts),
+                        "truncated_share": sum(n > max_length for n in lengths) / max(1, len(lengths))}
+
+
+def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str, variant: str,
+                  max_length: int) -> tuple[dict, dict]:
     """One Ray Train run on one triplet file -> (final model state, details)."""
     import torch
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
@@ -293,8 +358,8 @@ def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str
 
     rows = pq.read_metadata(triplets).num_rows
     steps_per_epoch = math.ceil(rows / cfg.train.batch_size)
-    loop_config = {"train": cfg.train.model_dump(mode="json"), "seed": cfg.seed, "encoder_path": encoder_path,
-                   "steps_per_epoch": steps_per_epoch}
+    loop_config = {"train": {**cfg.train.model_dump(mode="json"), "max_length": max_length}, "seed": cfg.seed,
+                   "encoder_path": encoder_path, "steps_per_epoch": steps_per_epoch}
     # Same triplets + same train config -> same name, so Ray Train resumes an interrupted run.
     name = f"ray-{variant}-{cfg.section_hash('train', 'seed')}-{triplets_digest(triplets)}"
     trainer = TorchTrainer(
@@ -313,6 +378,7 @@ def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str
         state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
     history = state["history"]  # kept in the checkpoint, so it survives a resumed run
     return state["model"], {"triplets": rows, "steps": steps_per_epoch * cfg.train.epochs, "final_loss": history[-1]["loss"],
+                            "max_length": max_length,
                             "epochs": history, "samples_per_s": history[-1]["samples_per_s"]}
 
 
@@ -325,15 +391,20 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
         raise ValueError(f"train: {triplets} lacks columns {sorted(REQUIRED_COLUMNS - columns)} (it has {sorted(columns)})")
     encoder_path = resolve_model(cfg.train.encoder, cfg.cache_dir)
     sets, skipped = training_sets(cfg, triplets, join(out_dir, "data"))
+    max_length, lengths = fit_max_length(cfg, encoder_path, [p for v, p in sets.items() if v != BASELINE])
+    if lengths["truncated_share"] > 0:
+        print(f"[train] max_length {max_length} cuts {lengths['truncated_share']:.0%} of the training texts (longest: "
+              f"{lengths['longest']} tokens); train.max_length: auto fits it to the data", flush=True)
     models_dir, variants = join(out_dir, "models"), {}
     for variant, path in sets.items():
         print(f"[train] {variant}: {pq.read_metadata(path).num_rows} triplets", flush=True)
-        state, details = train_encoder(cfg, encoder_path, path, out_dir, variant)
-        export_sentence_transformer(encoder_path, state, cfg, join(models_dir, variant), {**details, "variant": variant})
+        state, details = train_encoder(cfg, encoder_path, path, out_dir, variant, max_length)
+        export_sentence_transformer(encoder_path, state, cfg, join(models_dir, variant), {**details, "variant": variant},
+                                    max_length)
         variants[variant] = details
     return StageOutput(
         outputs={"models": models_dir},
         counts={"models": len(variants), "triplets": sum(v["triplets"] for v in variants.values()),
                 "steps": sum(v["steps"] for v in variants.values())},
-        details={"variants": variants, "skipped": skipped, "encoder": encoder_path},
+        details={"variants": variants, "skipped": skipped, "encoder": encoder_path, "lengths": lengths},
     )

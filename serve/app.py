@@ -232,7 +232,7 @@ def models_of_run(run_dir: str) -> dict[str, str]:
                                 "folder or a hub model id)")
     models_dir = os.path.join(root, "train", "models")
     trained = sorted(v for v in (os.listdir(models_dir) if os.path.isdir(models_dir) else [])
-                     if v != "non_synthetic" and os.path.isfile(os.path.join(models_dir, v, "modules.json")))
+                     if v != "human_nli" and os.path.isfile(os.path.join(models_dir, v, "modules.json")))
     if len(trained) == 1:
         return {name: os.path.join(models_dir, trained[0])}
     if trained:

@@ -29,7 +29,7 @@ def test_paper_config_is_the_papers_setup():
     assert (cfg.generator.engine, cfg.adapters.rank, cfg.adapters.target_modules) == ("vllm", 8, "all-linear")
     t = cfg.train
     assert (t.batch_size, t.lr, t.max_length, t.epochs, t.temperature, t.pooling) == (512, 5e-5, 32, 3, 0.05, "avg_first_last")
-    assert set(cfg.synthesis.strategies) == {"icl", "composition", "xllora"}
+    assert set(cfg.synthesis.strategies) == {"icl", "composition", "xllora", "parallel"}  # + the human upper bound
 
 
 def test_a_language_list_file_is_read_relative_to_the_config(tmp_path):
@@ -122,7 +122,15 @@ def test_strategy_rules_name_the_fields_they_combine():
     with pytest.raises(ConfigError, match=r"openai engine cannot load"):
         validate_config({**base, "generator": {"engine": "openai", "api_base": "http://x/v1"},
                          "synthesis": {"strategies": ["icl", "composition"]}})
-    with pytest.raises(ConfigError, match=r"synthesis.strategies.0: Input should be 'icl', 'composition' or 'xllora'"):
+    with pytest.raises(ConfigError, match=r"synthesis.strategies.0: Input should be 'icl', 'composition', 'xllora' or 'parallel'"):
         validate_config({**base, "synthesis": {"strategies": ["lora"]}})
     with pytest.raises(ConfigError, match=r"lists a strategy twice"):
         validate_config({**base, "synthesis": {"strategies": ["icl", "icl"]}})
+    with pytest.raises(ConfigError, match=r"'parallel', whose positives are English reference translations; it needs "
+                                          r"synthesis.output_language: eng"):
+        validate_config({**base, "synthesis": {"strategies": ["parallel"], "output_language": "same"}})
+    with pytest.raises(ConfigError, match=r"seeds.files\[0\]: expected a file, or two line-aligned files"):
+        validate_config({**base, "seeds": {"files": [["a.txt", "b.txt", "c.txt"]]}})
+    with pytest.raises(ConfigError, match=r"train.max_length"):
+        validate_config({**base, "train": {"max_length": "longest"}})
+    assert validate_config({**base, "synthesis": {"strategies": ["parallel"]}, "train": {"max_length": "auto"}})

@@ -56,10 +56,6 @@ def test_report_puts_models_side_by_side_with_deltas_and_best_marked(metrics):
     assert "filter counts: {'kept': 10}" in text
 
 
-def test_plot_is_written_as_png(metrics, tmp_path):
-    path = tmp_path / "r.png"
-    plot_retrieval(metrics, str(path))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
 @pytest.fixture
@@ -91,6 +87,22 @@ def test_report_has_one_table_per_task_metric_with_intervals_skips_and_descripti
     assert "base x->eng" in text  # legacy retrieval tables still there without a retrieval task
 
 
+def test_headline_plot_shows_each_models_scores_and_intervals(task_metrics, tmp_path):
+    from matplotlib.collections import LineCollection
+
+    from pipeline.evaluate import headline_figure
+
+    fig = headline_figure(task_metrics)  # no retrieval task: the verdict's task is BLI, its primary metric P@1
+    [ax] = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["yor", "average"], "skipped kha is not drawn"
+    assert "P@1" in ax.get_title() and [t.get_text() for t in ax.get_legend().get_texts()] == ["base", "trained"]
+    assert [round(b.get_height(), 3) for b in ax.patches] == [0.2, 0.2, 0.3, 0.3]  # base yor, avg; trained yor, avg
+    intervals = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    assert sorted((round(s[0][1], 3), round(s[1][1], 3)) for s in intervals) == [(0.1, 0.3)] * 2 + [(0.2, 0.4)] * 2
+    plot_retrieval(task_metrics, str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_tasks_plot_is_written_as_png(task_metrics, tmp_path):
     path = tmp_path / "t.png"
     plot_tasks(task_metrics, str(path))
@@ -115,13 +127,13 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
     out.mkdir()
     models = tmp_path / "models"
     models.mkdir()
-    for variant in ("xllora", "non_synthetic"):  # the same weights under two names: column order is what is tested
+    for variant in ("xllora", "human_nli"):  # the same weights under two names: column order is what is tested
         (models / variant).symlink_to(tiny_encoder)
     cfg.synthesis.strategies = ["icl", "xllora"]
     manifests = {"synthesize": {"per_strategy": {"icl": {"rows": 10, "ok": 8}, "xllora": {"rows": 10, "ok": 9}}},
                  "filter": {"kept_per_strategy": {"icl": 1, "xllora": 7},
                             "drop_reasons_per_strategy": {"icl": {"margin_below_threshold": 6, "duplicate": 1}}},
-                 "train": {"variants": {"xllora": {"triplets": 7, "final_loss": 1.5}, "non_synthetic": {"triplets": 7, "final_loss": 0.5}},
+                 "train": {"variants": {"xllora": {"triplets": 7, "final_loss": 1.5}, "human_nli": {"triplets": 7, "final_loss": 0.5}},
                            "skipped": {"icl": "1 triplet(s) after filtering"}}}
     for stage, details in manifests.items():
         (tmp_path / f"{stage}.json").write_text(json.dumps({"counts": {}, "seconds": 1.0, "details": details}))
@@ -130,7 +142,7 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
     result = run(cfg, inputs, str(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["languages"] == ["yor", "kha"] and "quc" in metrics["skipped"]
-    assert list(metrics["models"]) == ["base", "non_synthetic", "xllora"], "baselines first, then strategies as configured"
+    assert list(metrics["models"]) == ["base", "human_nli", "xllora"], "baselines first, then strategies as configured"
     for m in ("base", "xllora"):
         per = metrics["models"][m]["per_language"]
         assert set(per) == {"yor", "kha"} and all({"to_eng", "from_eng", "queries"} <= set(v) for v in per.values())
@@ -147,7 +159,7 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
             assert all(np.isfinite(avg[k]) for k in task["metrics"])
     report = (out / "report.md").read_text()
     assert "## Topic classification" in report and "| kha | skipped: no labelled texts for kha |" in report
-    assert "base x->eng acc@1" in report and "x->eng MRR@10" in report and "non_synthetic x->eng acc@1" in report
+    assert "base x->eng acc@1" in report and "x->eng MRR@10" in report and "human_nli x->eng acc@1" in report
     assert "| icl | 10 | 8 | 1 | - | - | margin_below_threshold 6, duplicate 1 | 1 triplet(s) after filtering |" in report
     assert "| xllora | 10 | 9 | 7 | 7 | 1.500 |" in report
     assert {"metrics", "report", "plot", "tasks_plot"} <= set(result.outputs)
@@ -321,3 +333,34 @@ def test_an_exported_encoder_runs_under_mteb_unchanged_and_mteb_agrees_with_our_
     assert scores["UdhrRetrieval"]["main_score"] == pytest.approx(retrieval["ndcg"].mean(), abs=1e-4)  # MTEB rounds to 5 places
     assert scores["UdhrRetrieval"]["mrr_at_10"] == pytest.approx(retrieval["rr"].mean(), abs=1e-4)
     assert bitext["f1"] > 0.7 and retrieval["ndcg"].mean() > 0.7  # e5 matches these short paragraphs well
+
+
+def test_languages_without_udhr_are_scored_on_their_own_data_and_nothing_scored_is_a_failure(make_config, tiny_encoder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.evaluate import NothingScored, evaluate_models
+    from pipeline.seeds import EVAL_SCHEMA
+
+    pq.write_table(pa.Table.from_pylist([], schema=EVAL_SCHEMA), tmp_path / "eval.parquet")  # seeds.udhr: false
+    udhr = {(r["lang"], r["unit"]): r["text"] for r in udhr_eval_rows(["eng", "yor"])}
+    units = sorted(u for (lang, u) in udhr if lang == "yor" and ("eng", u) in udhr)[:10]
+    pq.write_table(pa.Table.from_pylist([{"nhx": udhr["yor", u], "eng": udhr["eng", u]} for u in units]), tmp_path / "nhx.parquet")
+    inputs = {"eval": str(tmp_path / "eval.parquet")}
+    cfg = make_config(languages=["nhx", "tzh"], seeds={"udhr": False, "files": ["unused.txt"]},
+                      train={"encoder": tiny_encoder}, evaluate={"tasks": [], "bootstrap_samples": 50,
+                                                                 "parallel": {"nhx": str(tmp_path / "nhx.parquet")}})
+    out = tmp_path / "out"
+    out.mkdir()
+    result = evaluate_models(cfg, {"base": tiny_encoder, "trained": tiny_encoder}, inputs, str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tasks"]["parallel"]["per_language"]["nhx"]["base"]["n"] == 10
+    assert metrics["verdict"]["task"] == "parallel" and metrics["verdict"]["outcome"] == "no_change"  # the same weights
+    assert result.counts["languages"] == 1 and (out / "report.md").read_text().count("## Verdict") == 1
+
+    nothing = make_config(languages=["nhx", "tzh"], seeds={"udhr": False, "files": ["unused.txt"]},
+                          train={"encoder": tiny_encoder}, evaluate={"tasks": [], "bootstrap_samples": 50})
+    with pytest.raises(NothingScored, match="evaluate scored nothing: no task had data for any of \\['nhx', 'tzh'\\]"):
+        evaluate_models(nothing, {"base": tiny_encoder}, inputs, str(out))
+    report = (out / "report.md").read_text()
+    assert "Evaluation scored nothing" in report and "| retrieval | nhx | no held-out UDHR text for this language |" in report

@@ -53,3 +53,27 @@ def test_margin_filter_drops_triplets_the_base_encoder_ranks_the_wrong_way(make_
     assert [r["id"] for r in kept] == ["0"]
     assert [(r["id"], r["reason"]) for r in dropped] == [("1", "margin_below_threshold")]
     assert apply_margin([good, bad], make_config()) == ([good, bad], [])  # off by default
+
+
+def test_the_margin_filter_spares_human_pairs_and_the_stage_writes_fidelity(make_config, e5_path, minilm_path, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import filter as filter_stage
+
+    reference = "Everyone has the right to life, liberty and security of person."
+    rows = [{**row(i, anchor="Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè àti òmìnira àti ààbò ara rẹ̀.", pos=reference,
+                   neg="Nobody has any right to live at all."), "strategy": s, "reference": reference}
+            for i, s in enumerate(["icl", "parallel"])]
+    cfg = make_config(train={"encoder": e5_path}, filter={"margin": 2.0, "fidelity_encoder": minilm_path})  # no triplet passes 2.0
+    kept, failed = filter_stage.apply_margin(rows, cfg)
+    assert [r["strategy"] for r in kept] == ["parallel"] and [r["strategy"] for r in failed] == ["icl"]
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "generations.parquet")
+    result = filter_stage.run(cfg, {"generations": str(tmp_path / "generations.parquet")}, str(tmp_path))
+    scores = json.loads((tmp_path / "fidelity.json").read_text())
+    assert set(scores["per_strategy"]) == {"icl", "parallel"} and scores["encoder"] == minilm_path
+    assert scores["per_strategy"]["parallel"]["positive_cos"] > 0.99  # the positive is the reference itself
+    assert result.details["fidelity"] == scores["per_strategy"] and result.outputs["fidelity"].endswith("fidelity.json")

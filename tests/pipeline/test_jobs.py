@@ -113,7 +113,7 @@ def test_a_whole_run_submitted_to_the_cluster_finishes_with_its_outputs_and_logs
         generator={"model": tiny_generator, "max_new_tokens": 8, "batch_size": 8, "temperature": 1.0},
         synthesis={"num_shots": 1, "strategies": ["icl", "xllora"]}, adapters={"steps": 1, "batch_size": 2},
         filter={"language_check": False, "min_chars": 1, "max_chars": 4000},
-        train={"encoder": tiny_encoder, "batch_size": 4, "cpus_per_worker": 0.5, "non_synthetic_baseline": False},
+        train={"encoder": tiny_encoder, "batch_size": 4, "cpus_per_worker": 0.5, "human_nli_baseline": False},
         evaluate={"tasks": [], "bootstrap_samples": 0, "plot": False},
     )
     result = runner.invoke(app, ["submit", str(write_config(cfg, tmp_path)), "--address", cluster, "--wait"])

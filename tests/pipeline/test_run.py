@@ -88,13 +88,13 @@ def test_a_bad_seed_file_fails_before_anything_is_written(make_config, tmp_path)
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
-    """seeds -> adapters -> synthesize (SmolLM2, all three strategies) -> filter -> train (multilingual-e5-small, one
-    encoder per strategy + the non-synthetic baseline) -> evaluate, then resume."""
+    """seeds -> adapters -> synthesize (SmolLM2, all three strategies + parallel with generated negatives) -> filter ->
+    train (multilingual-e5-small, one encoder per strategy + the human_nli baseline) -> evaluate, then resume."""
     cfg = make_config(
         languages=["yor", "kha", "quc"],
         seeds={"max_per_language": 4},
         generator={"max_new_tokens": 24, "batch_size": 12},
-        synthesis={"num_shots": 1, "strategies": ["icl", "composition", "xllora"]},
+        synthesis={"num_shots": 1, "strategies": ["icl", "composition", "xllora", "parallel"], "parallel_negatives": "generate"},
         adapters={"steps": 3, "batch_size": 4},
         filter={"language_check": False},  # 4 anchors a language: keep enough triplets for every strategy to train
         train={"batch_size": 4, "epochs": 1},
@@ -105,17 +105,34 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
     assert list(manifests) == STAGE_NAMES
     assert manifests["adapters"]["counts"] == {"adapters": 2 + 2 + 4 + 6, "trained": 2 + 2 + 4}
     assert manifests["seeds"]["counts"]["anchors"] == 12
-    assert manifests["synthesize"]["counts"]["requests"] == 12 * 3 * 2 and manifests["synthesize"]["counts"]["rows"] == 36
-    assert manifests["filter"]["counts"]["kept"] + manifests["filter"]["counts"]["dropped"] == 36
+    referenced = manifests["seeds"]["counts"]["with_reference"]
+    assert referenced >= 6, "most UDHR anchors carry their English unit"
+    # parallel: one generated negative per referenced anchor, no generated positive
+    assert manifests["synthesize"]["counts"]["requests"] == 12 * 3 * 2 + referenced
+    assert manifests["synthesize"]["counts"]["rows"] == 36 + referenced
+    assert manifests["filter"]["counts"]["kept"] + manifests["filter"]["counts"]["dropped"] == 36 + referenced
 
     out = lambda stage, name: output_path(cfg, manifests[stage], name)  # noqa: E731
     answers = pq.read_table(out("synthesize", "answers")).to_pylist()
     used = {(a["strategy"], a["role"], a["lang"]): a["adapter"] for a in answers}
     assert used[("icl", "positive", "kha")] == "" and used[("xllora", "negative", "yor")] == "xllora-negative"
     assert used[("composition", "positive", "quc")] == "composition-positive-quc"
+    fidelity = json.loads(Path(out("filter", "fidelity")).read_text())["per_strategy"]
+    assert fidelity["parallel"]["positive_nearest"] == 1.0 and fidelity["parallel"]["chrf"] == pytest.approx(100.0)
+    assert set(fidelity) == {"icl", "composition", "xllora", "parallel"}
+    # No held-out unit, in any language, reached the training data (anchors, positives, negatives alike).
+    from pipeline.corpus import load_udhr
+    from pipeline.seeds import split_sentences
+
+    held = set(manifests["seeds"]["details"]["eval_units"])
+    held_text = {piece for r in load_udhr(["yor", "kha", "quc", "eng"]).to_pylist() if r["unit"] in held
+                 for piece in [r["text"], *split_sentences(r["text"])]}
+    trained_on = pq.read_table(out("filter", "triplets")).to_pylist()
+    assert trained_on and not {r[c] for r in trained_on for c in ("anchor", "positive", "negative")} & held_text
     metrics = json.loads(Path(out("evaluate", "metrics")).read_text())
+    assert metrics["verdict"]["task"] == "retrieval" and metrics["verdict"]["outcome"] in ("helped", "no_change", "hurt")
     trained = manifests["train"]["details"]["variants"]
-    assert list(metrics["models"]) == ["base", *trained] and "non_synthetic" in trained and len(trained) >= 2
+    assert list(metrics["models"]) == ["base", *trained] and "human_nli" in trained and len(trained) >= 2
     for model in metrics["models"].values():
         assert set(model["per_language"]) == {"yor", "kha", "quc"}
         assert all(0.0 <= m["to_eng"] <= 1.0 and m["queries"] > 10 for m in model["per_language"].values())
@@ -123,7 +140,7 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
     base = metrics["models"]["base"]["per_language"]
     assert base["yor"]["to_eng"] > base["quc"]["to_eng"]
     report = Path(out("evaluate", "report")).read_text()
-    assert "| yor |" in report and "base x->eng" in report and "non_synthetic x->eng" in report
+    assert "| yor |" in report and "base x->eng" in report and "human_nli x->eng" in report
     assert all(f"| {s} | 12 |" in report for s in ("icl", "composition", "xllora")), "per-strategy counts in the report"
     assert Path(out("evaluate", "plot")).stat().st_size > 10_000
     for variant in trained:
@@ -157,7 +174,7 @@ def test_a_run_kept_in_s3_runs_every_stage_and_resumes_from_the_bucket(ray_local
         generator={"model": tiny_generator, "max_new_tokens": 8, "batch_size": 8, "temperature": 1.0},
         synthesis={"num_shots": 1, "strategies": ["icl", "xllora"]}, adapters={"steps": 1, "batch_size": 2},
         filter={"language_check": False, "min_chars": 1, "max_chars": 4000},
-        train={"encoder": tiny_encoder, "batch_size": 4, "cpus_per_worker": 0.5, "non_synthetic_baseline": False},
+        train={"encoder": tiny_encoder, "batch_size": 4, "cpus_per_worker": 0.5, "human_nli_baseline": False},
         evaluate={"tasks": [], "bootstrap_samples": 0, "plot": False},
     )
     manifests = run_pipeline(cfg)

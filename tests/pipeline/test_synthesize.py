@@ -120,3 +120,52 @@ def test_stage_generates_every_strategy_with_its_adapters(ray_local, make_config
     rows = pq.read_table(result.outputs["generations"]).to_pylist()
     assert sorted((r["id"], r["strategy"]) for r in rows) == sorted((s["id"], st) for s in SEEDS for st in ("icl", "xllora"))
     assert result.details["per_strategy"]["xllora"]["rows"] == 2 and result.counts["requests"] == 8
+
+
+REFERENCED = [
+    {"id": "yor-1", "lang": "yor", "text": "Gbogbo ènìyàn ni a bí ní òmìnira.", "reference": "All human beings are born free."},
+    {"id": "yor-2", "lang": "yor", "text": "Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "reference": "Everyone has the right to life."},
+    {"id": "kha-1", "lang": "kha", "text": "Ka Khasi ka long ka ktien.", "reference": None},
+]
+
+
+def test_parallel_generates_no_positive_and_asks_negatives_of_the_reference(make_config):
+    generate = make_config(synthesis={"strategies": ["parallel", "icl"], "parallel_negatives": "generate"})
+    requests = synthesize.plan_requests(REFERENCED, generate, [])
+    parallel = [r for r in requests if r["strategy"] == "parallel"]
+    assert {(r["id"], r["role"]) for r in parallel} == {("yor-1", "negative"), ("yor-2", "negative")}, \
+        "no positive request, and none for an anchor without a reference"
+    last = json.loads(next(r for r in parallel if r["id"] == "yor-1")["messages"])[-1]["content"]
+    assert "contradicts" in last and last.endswith("All human beings are born free.")
+    assert len([r for r in requests if r["strategy"] == "icl"]) == 6, "icl still asks both roles for every anchor"
+    mine = make_config(synthesis={"strategies": ["parallel"], "parallel_negatives": "mine"})
+    assert synthesize.plan_requests(REFERENCED, mine, []) == []
+
+
+def test_parallel_triplets_take_the_reference_as_positive_unparsed():
+    answers = synthesize.given_answers(REFERENCED, ["parallel"])
+    answers.append({"id": "yor-1", "lang": "yor", "strategy": "parallel", "role": "negative", "anchor": REFERENCED[0]["text"],
+                    "raw": "Answer: Some people are born as slaves.", "status": OK})
+    rows = {r["id"]: r for r in synthesize.assemble_triplets(answers, {r["id"]: r["reference"] for r in REFERENCED if r["reference"]})}
+    assert rows["yor-1"]["positive"] == "All human beings are born free." and rows["yor-1"]["reference"] == rows["yor-1"]["positive"]
+    assert rows["yor-1"]["negative"] == "Some people are born as slaves." and rows["yor-1"]["status"] == OK
+    assert rows["yor-2"]["status"] == "negative:missing" and "kha-1" not in rows
+
+
+def test_mined_negatives_are_other_references_of_the_run(make_config, e5_path):
+    seeds = [{"id": f"yor-{i}", "lang": "yor", "text": f"anchor {i}", "reference": ref} for i, ref in enumerate([
+        "Everyone has the right to education.", "Education shall be free, at least in the elementary stages.",
+        "No one shall be held in slavery.", "Everyone has the right to life, liberty and security of person."])]
+    answers = synthesize.mined_answers(seeds, make_config(synthesis={"strategies": ["parallel"]}))
+    negatives = {a["id"]: a["raw"] for a in answers}
+    assert all(a["status"] == OK and a["role"] == "negative" for a in answers)
+    references = {s["reference"] for s in seeds}
+    assert all(negatives[s["id"]] in references and negatives[s["id"]] != s["reference"] for s in seeds)
+    from sentence_transformers import SentenceTransformer
+
+    refs = [s["reference"] for s in seeds]
+    sims = SentenceTransformer(e5_path, device="cpu").encode(refs, prompt="query: ", normalize_embeddings=True) @ \
+        SentenceTransformer(e5_path, device="cpu").encode(refs, prompt="query: ", normalize_embeddings=True).T
+    for i, s in enumerate(seeds):  # the most similar other reference under the base encoder
+        sims[i, i] = -1
+        assert negatives[s["id"]] == refs[int(sims[i].argmax())]

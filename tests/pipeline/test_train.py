@@ -24,7 +24,7 @@ def triplets(tmp_path):
 
 def train_config(make_config, encoder, **train_fields):
     fields = {"encoder": encoder, "batch_size": 8, "epochs": 3, "lr": 1e-3, "cpus_per_worker": 0.5, "max_length": 16,
-              "non_synthetic_baseline": False}
+              "human_nli_baseline": False}
     return make_config(train={**fields, **train_fields})
 
 
@@ -72,14 +72,14 @@ def test_each_strategy_gets_its_own_set_and_the_baseline_matches_the_largest(mak
             for i, s in enumerate(["icl"] * 5 + ["xllora"] * 9 + ["composition"])]
     path = tmp_path / "triplets.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    cfg = train_config(make_config, tiny_encoder, non_synthetic_baseline=True)
+    cfg = train_config(make_config, tiny_encoder, human_nli_baseline=True)
     cfg.synthesis.strategies = ["icl", "composition", "xllora"]
     sets, skipped = train.training_sets(cfg, str(path), str(tmp_path / "data"))
 
-    assert list(sets) == ["non_synthetic", "icl", "xllora"]
+    assert list(sets) == ["human_nli", "icl", "xllora"]
     assert set(pq.read_table(sets["xllora"]).column("strategy").to_pylist()) == {"xllora"}
     assert pq.read_metadata(sets["icl"]).num_rows == 5
-    baseline = pq.read_table(sets["non_synthetic"]).to_pylist()
+    baseline = pq.read_table(sets["human_nli"]).to_pylist()
     assert len(baseline) == 9 and len({t["anchor"] for t in baseline}) == 9, "as many human-made triplets as the largest set"
     assert all(t["positive"] and t["negative"] and t["positive"] != t["negative"] for t in baseline)
     assert "composition" in skipped and "1 triplet(s)" in skipped["composition"]
@@ -95,7 +95,7 @@ def test_the_exported_model_pools_exactly_as_training_did(make_config, tiny_enco
     texts = ["the river is near", "a doctor far away from the market"]
     tokenizer, encoder = train.load_encoder(tiny_encoder, freeze_embeddings=False)
     with torch.no_grad():
-        trained_view, _, _ = train.embed_triplets(encoder.eval(), tokenizer, {"anchor": texts, "positive": texts, "negative": texts},
+        trained_view, _, _ = train.embed_triplets(train.triplet_encoder(encoder, pooling).eval(), tokenizer, {"anchor": texts, "positive": texts, "negative": texts},
                                                   cfg.train.model_dump())
     expected = torch.nn.functional.normalize(trained_view, dim=-1).numpy()
 

@@ -593,7 +593,7 @@ def test_models_of_run(tmp_path, tiny_encoder):
     models = run / "train" / "models"
     models.mkdir(parents=True)
     (models / "icl").symlink_to(tiny_encoder)
-    (models / "non_synthetic").symlink_to(tiny_encoder)
+    (models / "human_nli").symlink_to(tiny_encoder)
     assert models_of_run(str(run) + "/") == {"yor-run": str(models / "icl")}, "one strategy: named after the run"
     (models / "xllora").symlink_to(tiny_encoder)
     assert models_of_run(str(run)) == {"yor-run-icl": str(models / "icl"), "yor-run-xllora": str(models / "xllora")}
