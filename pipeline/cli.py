@@ -146,7 +146,10 @@ def eval_models(
     except (ValueError, OSError) as err:
         fail(str(err))
     for name, avg in result.details["average"].items():
-        typer.echo(f"  {name:14s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
+        if "to_eng" in avg:  # languages with held-out UDHR text
+            typer.echo(f"  {name:14s} retrieval acc@1  x->eng {avg['to_eng']:.3f}  eng->x {avg['from_eng']:.3f}")
+    if result.details.get("verdict"):
+        typer.secho(f"Verdict: {result.details['verdict']['headline']}", bold=True)
     typer.echo(f"Report:  {result.outputs['report']}")
 
 
