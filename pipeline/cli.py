@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
 
+from pipeline import _console
 from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
-from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, output_path, run_pipeline
+from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, logs_dir, output_path, run_pipeline
 from pipeline.seeds import SeedError
 from serve.args import AppArgs
 
@@ -22,9 +24,19 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a fiel
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if the stage's manifest is current.")]
 
 
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's, the workers' and the libraries' logs on "
+                                          "the terminal too (they always go to RUN_DIR/logs/).")]
+# Errors that mean "your config or your files", answered with exit code 2 and the message alone.
+USER_ERRORS = (SeedError, StageInputError, ClusterResourceError, ValueError, FileNotFoundError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    console = _console.active()
+    if console is not None:  # the terminal is the console's while it runs: sys.stderr goes to the log
+        console.echo(typer.style(f"error: {message}", fg=typer.colors.RED), err=True)
+    else:
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
 
 
 def load(config: Path, overrides: list[str] | None) -> RunConfig:
@@ -34,18 +46,31 @@ def load(config: Path, overrides: list[str] | None) -> RunConfig:
         fail(str(err))
 
 
-def run_stages(cfg: RunConfig, stages: list[str] | None, force: bool) -> dict:
-    try:
-        return run_pipeline(cfg, stages, force=force, log=lambda m: typer.secho(m, fg=typer.colors.CYAN))
-    except (SeedError, StageInputError, ClusterResourceError, ValueError, FileNotFoundError) as err:
-        fail(str(err))
+def run_stages(cfg: RunConfig, stages: list[str] | None, force: bool, verbose: bool = False, command: str = "run") -> dict:
+    """Run stages on a console: a line per stage on the terminal, everything else in RUN_DIR/logs/<command>-<time>.log."""
+    names = [n for n in STAGE_NAMES if stages is None or n in stages]
+    with _console.Console(logs_dir(cfg), command, verbose, names) as console:
+        console.echo(f"bootembed {command}: {cfg.run_dir}  (logs: {console.log_path})", err=True)
+        try:
+            return run_pipeline(cfg, stages, force=force, log=console.note)
+        except typer.Exit:
+            raise
+        except USER_ERRORS as err:
+            if console.failed_stage is not None:  # the console has named the stage, the reason and the log
+                raise typer.Exit(2) from None
+            fail(str(err))
+        except Exception as err:  # noqa: BLE001 - a crash: one sentence here, the traceback in the log
+            if console.failed_stage is None:
+                console.note(traceback.format_exc())
+                fail(f"{_console.reason(err)} (the whole story: {console.log_path})", code=1)
+            raise typer.Exit(1) from None
 
 
 @app.command()
-def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
+def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
     """Run every stage (seeds -> adapters -> synthesize -> filter -> train -> evaluate); finished stages are skipped."""
     cfg = load(config, set)
-    manifests = run_stages(cfg, None, force)
+    manifests = run_stages(cfg, None, force, verbose)
     total = sum(m["seconds"] for m in manifests.values())
     typer.echo("\nStage timings: " + ", ".join(f"{n} {m['seconds']:.0f}s" for n, m in manifests.items()) + f" (total {total:.0f}s)")
     averages = manifests["evaluate"]["details"].get("average", {})
@@ -57,8 +82,8 @@ def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
 
 
 def _stage_command(name: str):
-    def command(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
-        run_stages(load(config, set), [name], force)
+    def command(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
+        run_stages(load(config, set), [name], force, verbose, command=name)
 
     command.__doc__ = f"Run only the `{name}` stage (its inputs must exist in the run directory)."
     return command
