@@ -193,8 +193,11 @@ class Console:
                 self.log.write(_ANSI.sub("", text) + "\n")
 
     def note(self, text: str) -> None:
-        """A line for the log only."""
-        self.log.write(text + "\n")
+        """A line for the log (and with verbose=True, where everything goes, for the terminal too)."""
+        if self.verbose:
+            self.echo(text, err=True)
+        else:
+            self.log.write(text + "\n")
 
     def skipped(self, name: str, manifest: dict) -> None:
         self.echo(f"{self._label(name)} up to date (finished {manifest['finished_at']}), skipped", err=True, log=False)
