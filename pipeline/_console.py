@@ -226,6 +226,10 @@ class Console:
         with self.lock:
             seconds = time.monotonic() - self.t0 if self.stage == name else 0.0
             self.stage, self.failed_stage = None, name
+        if isinstance(err, KeyboardInterrupt):
+            self.echo(f"{self._label(name)} interrupted after {_duration(seconds)}; run the same command again to "
+                      "go on (finished stages are skipped)", err=True)
+            return
         self.echo(f"{self._label(name)} FAILED after {_duration(seconds)}: {reason(err)}", err=True)
         self.echo(f"  the whole story (Ray's logs, tracebacks): {self.log_path}", err=True)
 
@@ -248,7 +252,8 @@ class Console:
         with self.lock:
             if self.stage is None:
                 return
-            if self.probe is not None:
+            # Not at the stage's first draw: its folder may still hold an earlier attempt's files it is about to clear.
+            if self.probe is not None and not force:
                 try:
                     found = self.probe()
                 except Exception:  # noqa: BLE001 - a file half-written as we read it: the next tick reads it again

@@ -57,6 +57,10 @@ def run_stages(cfg: RunConfig, stages: list[str] | None, force: bool, verbose: b
             return run_pipeline(cfg, stages, force=force, log=console.note)
         except typer.Exit:
             raise
+        except KeyboardInterrupt:  # Ctrl-C: a line saying so, not a traceback (the console named the stage)
+            if console.failed_stage is None:
+                fail("interrupted", code=130)
+            raise typer.Exit(130) from None
         except USER_ERRORS as err:
             if console.failed_stage is not None:  # the console has named the stage, the reason and the log
                 raise typer.Exit(2) from None
