@@ -121,12 +121,16 @@ class Console:
         global _active
         # Set before Ray starts: local Ray workers inherit the driver's environment, and these are read at import.
         # Progress bars drawn into a log file are thousands of carriage returns; the console draws its own.
-        for key in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "RAY_DATA_DISABLE_PROGRESS_BARS"):
-            os.environ.setdefault(key, "1")
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes around workers' "(pid=...)" in a file
-        if "ray.data" in sys.modules:  # its default was read at import: switch the live context too
+        quiet = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+                 "RAY_COLOR_PREFIX": "0"}  # the last: no colour codes around workers' "(pid=...)" in a file
+        self._env = {key: os.environ.get(key) for key in quiet}  # given back on exit
+        for key, value in quiet.items():
+            os.environ.setdefault(key, value)
+        self._data_bars = None
+        if "ray.data" in sys.modules:  # its default was read at import: switch the live context too (until exit)
             from ray.data import DataContext
 
+            self._data_bars = DataContext.get_current().enable_progress_bars
             DataContext.get_current().enable_progress_bars = False
         self.log = open(self.log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in __exit__
         self.out, self.err = sys.stdout, sys.stderr
@@ -156,6 +160,8 @@ class Console:
         self._ticker = threading.Thread(target=self._tick, name="bootembed-console", daemon=True)
         self._ticker.start()
         self.log.write(f"=== bootembed {' '.join(sys.argv[1:])} ({datetime.now():%Y-%m-%d %H:%M:%S}) ===\n")
+        ray = sys.modules.get("ray")
+        self._ray_was_up = ray is not None and ray.is_initialized()  # then it is someone else's to shut down
         _active = self
         return self
 
@@ -163,9 +169,18 @@ class Console:
         global _active
         # Ray's shutdown talks (workers' last lines, raylet exit): let it do so into the log, not onto the prompt.
         ray = sys.modules.get("ray")
-        if ray is not None and ray.is_initialized():
+        if ray is not None and ray.is_initialized() and not self._ray_was_up:
             ray.shutdown()
         _active = None
+        for key, value in self._env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self._data_bars is not None:
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = self._data_bars
         self._stop.set()
         self._ticker.join(timeout=2)
         logging.captureWarnings(False)

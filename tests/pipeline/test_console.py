@@ -100,3 +100,20 @@ def test_the_reason_is_the_innermost_error_in_one_line():
             raise RuntimeError("reading seeds failed") from err
     except RuntimeError as err:
         assert reason(err) == "KeyError: 'lang'"
+
+
+def test_a_console_in_a_process_with_ray_up_leaves_ray_env_and_streams_as_it_found_them(ray_local, tmp_path):
+    """`bootembed` commands invoked in-process (tests, notebooks) share the process: the console must not shut down a
+    Ray instance it did not start, nor leave its environment or streams behind."""
+    import logging
+
+    from pipeline._console import Console
+
+    env, streams = dict(os.environ), (sys.stdout, sys.stderr)
+    with Console(str(tmp_path / "logs"), "test") as console:
+        print("a line for the log")
+        logging.getLogger("some.library").warning("a library's warning")
+    assert ray_local.is_initialized()
+    assert dict(os.environ) == env and (sys.stdout, sys.stderr) == streams
+    log = Path(console.log_path).read_text()
+    assert "a line for the log" in log and "WARNING some.library: a library's warning" in log
