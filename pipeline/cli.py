@@ -201,6 +201,15 @@ def save_run_config(cfg: RunConfig) -> None:
         f.write(yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False, allow_unicode=True).encode())
 
 
+def run_serve_settings(path: Path) -> ServeConfig:
+    """The serve section of the config a run kept (only that section: the rest may name files of another machine)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return ServeConfig.model_validate(data.get("serve") or {})
+    except (yaml.YAMLError, ValueError) as err:
+        fail(f"{path}: its serve section is not valid ({err}); fix or delete the file, or pass --host/--port")
+
+
 def serve_sources(sources: list[str]) -> tuple[dict[str, str], ServeConfig | None, str | None]:
     """Sources -> ({model name: folder or hub id}, the serve section of the first run config among them, the first
     run's local folder). A source is a run config YAML (its run_dir is served), a run directory, a
@@ -217,7 +226,7 @@ def serve_sources(sources: list[str]) -> tuple[dict[str, str], ServeConfig | Non
             local_stage_dir(cfg, "train")  # a run at a URI: its trained models, downloaded into the local mirror
             root = mirrored(cfg, run_root(cfg))
         elif (Path(source).expanduser() / RUN_CONFIG).is_file():
-            cfg = load(Path(source).expanduser() / RUN_CONFIG, None)
+            settings = settings or run_serve_settings(Path(source).expanduser() / RUN_CONFIG)
         try:
             found = models_of_run(root)
         except FileNotFoundError as err:
