@@ -28,7 +28,7 @@ What it measures
 
 Run
     python benchmarks/bench_serve.py [--levels 8 32 128] [--seconds 10] [--rounds 1]
-        [--infinity /work/infinity-venv/bin/infinity_emb] [--app-args '{"concurrent_batches": 1}']
+        [--infinity .venv-infinity/bin/infinity_emb] [--app-args '{"concurrent_batches": 1}']
 """
 
 from __future__ import annotations

@@ -77,9 +77,11 @@ def verdict(metrics: dict, fidelity: dict | None) -> dict | None:
                            "no encoder is measurably better than the base.")
     else:
         out["outcome"] = "no_change"
+        why = ("every interval contains 0." if best["ci"] else
+               "no interval was computed (evaluate.bootstrap_samples is 0), so no difference counts as measured.")
         out["headline"] = (f"No measurable change. The best encoder, `{best['model']}`, scores {best['value']:.3f} against the "
                            f"base's {best['base']:.3f} ({where}): Δ {best['delta']:+.3f}{fmt_ci(best['ci'])}, {fmt_p(best['p'])}; "
-                           "every interval contains 0.")
+                           + why)
     synthetic = [c for c in comparisons if c["model"] not in (UPPER_BOUND, "human_nli")]
     if synthetic:
         out["best_synthetic"] = max(synthetic, key=lambda c: c["delta"])["model"]

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import _console
 from pipeline.config import ADAPTER_STRATEGIES, RunConfig
 from pipeline.manifest import StageOutput, join
 
@@ -327,6 +328,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     paths = {name: external_path(ref, cfg.cache_dir) for name, ref in cfg.adapters.external.items()}
     pending = {task.remote(base, job, acfg, join(out_dir, job.name), cfg.seed): job for job in jobs}
     stats: dict[str, dict] = {}
+    _console.progress(0, len(jobs), "adapters")
     while pending:  # report each adapter as it finishes: on a laptop this stage takes minutes
         [done], _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(done)
@@ -335,6 +337,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
         s = stats[job.name]
         print(f"[adapters] {len(stats)}/{len(jobs)} {job.name}: {s['examples']} examples, loss {s['loss_first']:.2f} -> "
               f"{s['loss_last']:.2f} in {s['seconds']:.0f} s", flush=True)
+        _console.progress(len(stats), len(jobs), "adapters")
 
     kinds = {j.name: j for j in jobs}
     rows = []

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
 
+from pipeline import _console
 from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
-from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, output_path, run_pipeline
+from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, logs_dir, output_path, run_pipeline
 from pipeline.seeds import SeedError
 from serve.args import AppArgs
 
@@ -22,9 +25,19 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a fiel
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if the stage's manifest is current.")]
 
 
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's, the workers' and the libraries' logs on "
+                                          "the terminal too (they always go to RUN_DIR/logs/).")]
+# Errors that mean "your config or your files", answered with exit code 2 and the message alone.
+USER_ERRORS = (SeedError, StageInputError, ClusterResourceError, ValueError, FileNotFoundError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    console = _console.active()
+    if console is not None:  # the terminal is the console's while it runs: sys.stderr goes to the log
+        console.echo(typer.style(f"error: {message}", fg=typer.colors.RED), err=True)
+    else:
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
 
 
 def load(config: Path, overrides: list[str] | None) -> RunConfig:
@@ -34,18 +47,36 @@ def load(config: Path, overrides: list[str] | None) -> RunConfig:
         fail(str(err))
 
 
-def run_stages(cfg: RunConfig, stages: list[str] | None, force: bool) -> dict:
-    try:
-        return run_pipeline(cfg, stages, force=force, log=lambda m: typer.secho(m, fg=typer.colors.CYAN))
-    except (SeedError, StageInputError, ClusterResourceError, ValueError, FileNotFoundError) as err:
-        fail(str(err))
+def run_stages(cfg: RunConfig, stages: list[str] | None, force: bool, verbose: bool = False, command: str = "run") -> dict:
+    """Run stages on a console: a line per stage on the terminal, everything else in RUN_DIR/logs/<command>-<time>.log."""
+    names = [n for n in STAGE_NAMES if stages is None or n in stages]
+    save_run_config(cfg)  # `bootembed serve RUN_DIR` reads its serve section
+    with _console.Console(logs_dir(cfg), command, verbose, names) as console:
+        console.echo(f"bootembed {command}: {cfg.run_dir}  (logs: {console.log_path})", err=True)
+        try:
+            return run_pipeline(cfg, stages, force=force, log=console.note)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: a line saying so, not a traceback (the console named the stage)
+            if console.failed_stage is None:
+                fail("interrupted", code=130)
+            raise typer.Exit(130) from None
+        except USER_ERRORS as err:
+            if console.failed_stage is not None:  # the console has named the stage, the reason and the log
+                raise typer.Exit(2) from None
+            fail(str(err))
+        except Exception as err:  # noqa: BLE001 - a crash: one sentence here, the traceback in the log
+            if console.failed_stage is None:
+                console.note(traceback.format_exc())
+                fail(f"{_console.reason(err)} (the whole story: {console.log_path})", code=1)
+            raise typer.Exit(1) from None
 
 
 @app.command()
-def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
+def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
     """Run every stage (seeds -> adapters -> synthesize -> filter -> train -> evaluate); finished stages are skipped."""
     cfg = load(config, set)
-    manifests = run_stages(cfg, None, force)
+    manifests = run_stages(cfg, None, force, verbose)
     total = sum(m["seconds"] for m in manifests.values())
     typer.echo("\nStage timings: " + ", ".join(f"{n} {m['seconds']:.0f}s" for n, m in manifests.items()) + f" (total {total:.0f}s)")
     averages = manifests["evaluate"]["details"].get("average", {})
@@ -61,8 +92,8 @@ def run(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
 
 
 def _stage_command(name: str):
-    def command(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False) -> None:
-        run_stages(load(config, set), [name], force)
+    def command(config: ConfigArg, set: SetOpt = None, force: ForceOpt = False, verbose: VerboseOpt = False) -> None:
+        run_stages(load(config, set), [name], force, verbose, command=name)
 
     command.__doc__ = f"Run only the `{name}` stage (its inputs must exist in the run directory)."
     return command
@@ -138,7 +169,7 @@ def eval_models(
             resolve_eval_models(model, cfg.cache_dir)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
-    seeds = run_stages(cfg, ["seeds"], False)["seeds"]  # the held-out evaluation text
+    seeds = run_stages(cfg, ["seeds"], False, command="eval")["seeds"]  # the held-out evaluation text
     out_dir = str(out or mirrored(cfg, join(run_root(cfg), "eval")))  # a run at a URI: in its local mirror
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     try:
@@ -159,15 +190,83 @@ def config(config: ConfigArg, set: SetOpt = None) -> None:
     typer.echo(yaml.safe_dump(load(config, set).model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
+_CACHE_DIR = RunConfig.model_fields["cache_dir"].default
 _SERVE = ServeConfig()  # host, port and the API key's variable: the run config's serve section
 _APP = AppArgs.model_fields  # the Serve app's own knobs: their defaults and help come from serve.args
+RUN_CONFIG = "config.yaml"  # the settings a run was made with, as given (bootembed run writes it into the run directory)
+
+
+def save_run_config(cfg: RunConfig) -> None:
+    """Keep the config a run was started with in its directory, so `bootembed serve RUN_DIR` finds its serve section.
+    Only the fields that were set: a default is the code's to change, not the run's."""
+    from pipeline.manifest import filesystem, join
+    from pipeline.run import run_root
+
+    fs, path = filesystem(join(run_root(cfg), RUN_CONFIG))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False, allow_unicode=True).encode())
+
+
+def run_serve_settings(path: Path) -> ServeConfig:
+    """The serve section of the config a run kept (only that section: the rest may name files of another machine)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return ServeConfig.model_validate(data.get("serve") or {})
+    except (yaml.YAMLError, ValueError) as err:
+        fail(f"{path}: its serve section is not valid ({err}); fix or delete the file, or pass --host/--port")
+
+
+def serve_sources(sources: list[str]) -> tuple[dict[str, str], ServeConfig | None, str | None]:
+    """Sources -> ({model name: folder or hub id}, the serve section of the first run config among them, the first
+    run's local folder). A source is a run config YAML (its run_dir is served), a run directory, a
+    sentence-transformers folder or a hub id."""
+    from pipeline.run import local_stage_dir, mirrored, run_root
+    from serve.app import models_of_run
+
+    models: dict[str, str] = {}
+    settings, run_folder = None, None
+    for source in sources:
+        root, cfg = source, None
+        if source.endswith((".yaml", ".yml")) and Path(source).is_file():
+            cfg = load(Path(source), None)
+            local_stage_dir(cfg, "train")  # a run at a URI: its trained models, downloaded into the local mirror
+            root = mirrored(cfg, run_root(cfg))
+        elif (Path(source).expanduser() / RUN_CONFIG).is_file():
+            settings = settings or run_serve_settings(Path(source).expanduser() / RUN_CONFIG)
+        try:
+            found = models_of_run(root)
+        except FileNotFoundError as err:
+            fail(str(err))
+        for name in found.keys() & models.keys():
+            fail(f"two sources are both named {name!r} ({models[name]} and {found[name]}); rename one directory")
+        models.update(found)
+        if cfg is not None and settings is None:
+            settings, run_folder = cfg.serve, os.path.abspath(os.path.expanduser(root))
+        elif run_folder is None and Path(root).expanduser().is_dir() and not (Path(root).expanduser() / "modules.json").is_file():
+            run_folder = os.path.abspath(os.path.expanduser(root))
+    return models, settings, run_folder
+
+
+def serve_settings(settings: ServeConfig | None, host: str | None, port: int | None,
+                   api_key_env: str | None) -> tuple[str, int, str | None]:
+    """(host, port, api_key_env) to serve with: the command's options, else the run's serve section, else defaults.
+    api_key_env is None when no variable was named: then BOOTEMBED_API_KEY is used if set, and nothing if not."""
+    settings = settings or _SERVE
+    # A variable the run's config names is as explicit as --api-key-env: it must be set. The default one is optional.
+    named = settings.api_key_env if "api_key_env" in settings.model_fields_set else None
+    return host or settings.host, port or settings.port, api_key_env or named
 
 
 @app.command()
 def serve(
-    sources: Annotated[list[str], typer.Argument(help="Run directories or sentence-transformers folders to serve.")],
-    host: Annotated[str, typer.Option(help="Bind address; use 0.0.0.0 only behind an API key or a firewall.")] = _SERVE.host,
-    port: Annotated[int, typer.Option(help="HTTP port.", min=1, max=65535)] = _SERVE.port,
+    sources: Annotated[list[str], typer.Argument(help="Run configs (YAML), run directories, sentence-transformers folders "
+                                                "or hub ids to serve. A run's `serve` section sets host, port and "
+                                                "api_key_env; the options below win over it.")],
+    host: Annotated[str | None, typer.Option(help=f"Bind address (default: the run's serve.host, else {_SERVE.host}); "
+                                             "use 0.0.0.0 only behind an API key or a firewall.")] = None,
+    port: Annotated[int | None, typer.Option(help=f"HTTP port (default: the run's serve.port, else {_SERVE.port}).",
+                                             min=1, max=65535)] = None,
     max_batch_size: Annotated[int, typer.Option(help=_APP["max_batch_size"].description, min=1)]
         = _APP["max_batch_size"].default,
     batch_wait_timeout_s: Annotated[float, typer.Option(help=_APP["batch_wait_timeout_s"].description, min=0)]
@@ -181,29 +280,23 @@ def serve(
         = _APP["max_models_per_replica"].default,
     truncate: Annotated[bool, typer.Option(help=_APP["truncate"].description)] = _APP["truncate"].default,
     api_key_env: Annotated[str | None, typer.Option(
-        help=f"Require the API key in this environment variable as a Bearer token on /v1/* (default: "
-             f"{_SERVE.api_key_env}, if set).")] = None,
+        help=f"Require the API key in this environment variable as a Bearer token on /v1/* (default: the run's "
+             f"serve.api_key_env, else {_SERVE.api_key_env}, if set).")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="Where Ray's and Serve's logs go (default: the first run's "
+                                                 "logs/ folder, else ~/.cache/bootembed/logs).")] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve trained encoders behind an OpenAI-compatible embeddings API (Ctrl-C stops it)."""
     import signal
     import threading
 
-    import ray
-    from ray import serve as ray_serve
+    models, settings, run_folder = serve_sources(sources)
+    host, port, api_key_env = serve_settings(settings, host, port, api_key_env)
 
-    from serve.app import api_key_from_env, build_app, is_loopback, models_of_run
+    from serve.app import api_key_from_env, build_app, is_loopback
 
-    models: dict[str, str] = {}
-    for source in sources:
-        try:
-            found = models_of_run(source)
-        except FileNotFoundError as err:
-            fail(str(err))
-        for name in found.keys() & models.keys():
-            fail(f"two sources are both named {name!r} ({models[name]} and {found[name]}); rename one directory")
-        models.update(found)
     try:
-        api_key = api_key_from_env(api_key_env or None)
+        api_key = api_key_from_env(api_key_env)
     except ValueError as err:
         fail(str(err))
     if api_key is None and not is_loopback(host):
@@ -217,25 +310,34 @@ def serve(
     except FileNotFoundError as err:
         fail(str(err))
 
+    logs = str(log_dir or (Path(run_folder) / "logs" if run_folder else Path(_CACHE_DIR).expanduser() / "logs"))
     stop = threading.Event()
-    ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024, _node_ip_address="127.0.0.1")
-    # Our own handler, installed before the (slow) deployment: Ctrl-C or SIGTERM at any point from here on
-    # means a clean shutdown, not a traceback and exit code 130.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(application, name="bootembed", route_prefix="/")
-    auth = f"API key required (from ${api_key_env or _SERVE.api_key_env})" if api_key else "no API key"
-    layout = (f"one multiplexed deployment, {max_models_per_replica} model(s) per replica"
-              if len(models) > multiplex_above else "one deployment per model")
-    typer.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings ({layout}, {num_replicas} replica(s) "
-               f"each, max batch {max_batch_size}, batch wait {batch_wait_timeout_s}s, {auth}; Ctrl-C stops)")
-    sys.stdout.flush()
-    while not stop.is_set():
-        stop.wait(1)
-    typer.echo("stopping ...")
-    ray_serve.shutdown()
-    ray.shutdown()
+    with _console.Console(logs, "serve", verbose) as console:
+        import ray
+        from ray import serve as ray_serve
+
+        ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+                 _node_ip_address="127.0.0.1")
+        # Our own handler, installed before the (slow) deployment: Ctrl-C or SIGTERM at any point from here on
+        # means a clean shutdown, not a traceback and exit code 130.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        # Serve's controller, proxy and replicas write their own log files there too (one per component).
+        serve_logs = {"logs_dir": os.path.join(logs, "serve")}
+        ray_serve.start(http_options={"host": host, "port": port}, logging_config=serve_logs)
+        ray_serve.run(application, name="bootembed", route_prefix="/", logging_config=serve_logs)
+        auth = f"API key required (from ${api_key_env or _SERVE.api_key_env})" if api_key else "no API key"
+        layout = (f"one multiplexed deployment, {max_models_per_replica} model(s) per replica"
+                  if len(models) > multiplex_above else "one deployment per model")
+        console.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings ({layout}, {num_replicas} "
+                     f"replica(s) each, max batch {max_batch_size}, batch wait {batch_wait_timeout_s}s, {auth}; Ctrl-C stops)")
+        for name, where in sorted(models.items()):
+            console.echo(f"  {name:24s} {where}")
+        console.echo(f"Logs: {console.log_path} (Ray, Serve), {serve_logs['logs_dir']}/ (Serve's own files)")
+        while not stop.is_set():
+            stop.wait(1)
+        console.echo("stopping ...")
+        ray_serve.shutdown()
 
 
 AddressOpt = Annotated[str, typer.Option("--address", help="The cluster's job server (dashboard) address.")]

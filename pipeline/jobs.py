@@ -65,7 +65,9 @@ def package_job(cfg: RunConfig, stage: str | None) -> tuple[str, str]:
     data["ray"]["address"] = "auto"
     data["run_dir"] = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(os.path.expanduser(cfg.run_dir))
     (Path(workdir) / "run.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    command = ["bootembed", stage or "run", "run.yaml"]
+    # --verbose: the job's log (`bootembed jobs logs`) is where a person reads a remote run, so it keeps everything
+    # a local terminal would only find in run_dir/logs/.
+    command = ["bootembed", stage or "run", "run.yaml", "--verbose"]
     return workdir, " ".join(shlex.quote(c) for c in command)
 
 

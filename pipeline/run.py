@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline import adapters, evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
+from pipeline import _console, adapters, evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
 from pipeline.config import RunConfig
 from pipeline.manifest import (
     MANIFEST,
@@ -86,6 +86,11 @@ def mirrored(cfg: RunConfig, path: str, back: bool = False) -> str:
     return join(dst, *path[len(prefix):].split("/")) if path.startswith(prefix) else path
 
 
+def logs_dir(cfg: RunConfig) -> str:
+    """Where a console keeps the run's logs: `run_dir/logs/` (a run at a URI: in its local mirror, written as it goes)."""
+    return mirrored(cfg, join(run_root(cfg), "logs"))
+
+
 def manifest_path(cfg: RunConfig, stage: str) -> str:
     return join(run_root(cfg), stage, MANIFEST)
 
@@ -151,6 +156,7 @@ def check_cluster_resources(cfg: RunConfig, stage: Stage) -> None:
 
 def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run one stage unless its manifest is current; return the manifest."""
+    console = _console.active() or _console.NO_CONSOLE  # `bootembed run` shows stages on a console; library use prints
     upstream = upstream_manifests(cfg, stage)
     config_hash = cfg.section_hash(*stage.sections)
     fp = fingerprint(stage.name, config_hash, list(upstream.values()))
@@ -158,6 +164,7 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
     existing = read_json(path)
     if existing and existing.get("fingerprint") == fp and not force:
         log(f"[{stage.name}] up to date (finished {existing['finished_at']}), skipped")
+        console.skipped(stage.name, existing)
         return existing
 
     inputs = {name: output_path(cfg, upstream[s], out) for name, (s, out) in stage.needs.items()}
@@ -171,12 +178,18 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
         start_ray(cfg)
         check_cluster_resources(cfg, stage)
     log(f"[{stage.name}] running ...")
+    console.started(stage.name, _console.probe_for(stage.name, cfg, mirrored(cfg, out_dir), inputs))
     started = time.perf_counter()
-    result = call_stage(cfg, stage, inputs, out_dir)
+    try:
+        result = call_stage(cfg, stage, inputs, out_dir)
+    except BaseException as err:
+        console.failed(stage.name, err)
+        raise
     result.outputs = relative_outputs(cfg, result.outputs)
     manifest = build_manifest(stage.name, fp, config_hash, relative_outputs(cfg, inputs), result, time.perf_counter() - started)
     write_json(path, manifest)
     log(f"[{stage.name}] done in {manifest['seconds']:.1f} s: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+    console.finished(stage.name, manifest)
     return manifest
 
 

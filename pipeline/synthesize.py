@@ -235,6 +235,9 @@ def adapter_rank(path: str) -> int:
         return int(json.load(f)["r"])
 
 
+PLAN = "_plan.json"  # answers/_plan.json: how many requests this attempt plans ("_": not read as answers)
+
+
 def request_key(row: dict) -> tuple[str, str, str]:
     return row["id"], row["strategy"], row["role"]
 
@@ -335,6 +338,7 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     model_path = cfg.generator.model if cfg.generator.engine == "openai" else resolve_model(cfg.generator.model, cfg.cache_dir)
     answers_dir = join(out_dir, "answers")
     answered = resume_answers(answers_dir, attempt_key(cfg, inputs, model_path))
+    write_json(os.path.join(answers_dir, PLAN), {"requests": len(requests)})  # the console's progress bar reads it
     todo = [r for r in requests if request_key(r) not in answered]
     if answered:
         print(f"[synthesize] resuming: {len(requests) - len(todo)} of {len(requests)} requests answered by an "

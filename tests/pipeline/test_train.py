@@ -52,9 +52,25 @@ def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_l
 
 
 def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local, make_config, tiny_encoder, triplets, tmp_path):
-    cfg = train_config(make_config, tiny_encoder, epochs=1)
+    """Training is deterministic, so equal models alone would pass a rerun from scratch too: the rerun must train no
+    step, i.e. save no checkpoint and keep the first run's record of its epochs (wall times included)."""
+    import glob
+    import os
+
+    def checkpoint_files() -> dict[str, int]:
+        pattern = str(tmp_path / "train" / "checkpoints" / "*" / "checkpoint_*" / "**")
+        return {p: os.stat(p).st_mtime_ns for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)}
+
+    cfg = train_config(make_config, tiny_encoder, epochs=2)
     first = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    saved = checkpoint_files()
+    assert any(p.endswith("state.pt") for p in saved), saved
     again = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+
+    assert checkpoint_files() == saved, "every trained epoch saves a checkpoint: the rerun saved one, so it trained"
+    history = first.details["variants"]["icl"]["epochs"]
+    assert [e["epoch"] for e in history] == [0, 1]
+    assert again.details["variants"]["icl"]["epochs"] == history, "the rerun's epochs are the first run's, not retrained"
     a = SentenceTransformer(first.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"])
     b = SentenceTransformer(again.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"])
     assert np.allclose(a, b, atol=1e-6)

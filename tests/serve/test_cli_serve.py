@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,8 +43,9 @@ def post(url: str, body: dict, key: str | None = None) -> tuple[int, dict]:
         return err.code, json.load(err)
 
 
-def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c(tiny_encoder):
-    """Every option of the command reaches the app: the key, replicas, batching, multiplexing, refusing long texts."""
+def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c(tiny_encoder, tmp_path):
+    """Every option of the command reaches the app: the key, replicas, batching, multiplexing, refusing long texts.
+    The terminal shows where it serves which model; Ray's and Serve's logs go to files."""
     from sentence_transformers import SentenceTransformer
 
     port = free_port()
@@ -51,7 +53,8 @@ def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c
     key = "sk-cli-test"
     command = [sys.executable, "-m", "pipeline.cli", "serve", tiny_encoder, "--port", str(port),
                "--api-key-env", "BOOTEMBED_TEST_KEY", "--num-replicas", "2", "--max-batch-size", "4",
-               "--batch-wait-timeout-s", "0.02", "--multiplex-above", "0", "--no-truncate"]
+               "--batch-wait-timeout-s", "0.02", "--multiplex-above", "0", "--no-truncate",
+               "--log-dir", str(tmp_path / "logs")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOOTEMBED_TEST_KEY": key}
     env.pop("BOOTEMBED_API_KEY", None)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -78,6 +81,16 @@ def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c
     assert ("one multiplexed deployment, 4 model(s) per replica, 2 replica(s) each, max batch 4, batch wait 0.02s, "
             "API key required (from $BOOTEMBED_TEST_KEY)") in output
     assert key not in output  # the key itself is never printed
+    [log] = (tmp_path / "logs").glob("serve-*.log")
+    assert output.splitlines() == [
+        next(line for line in output.splitlines() if line.startswith("Serving")),
+        f"  {name:24s} {tiny_encoder}",
+        f"Logs: {log} (Ray, Serve), {tmp_path / 'logs' / 'serve'}/ (Serve's own files)",
+        "stopping ...",
+    ], output
+    text = log.read_text()
+    assert "Started a local Ray instance" in text and re.search(r"\((ServeController|ProxyActor|ServeReplica:\S+) pid=\d+\)", text)
+    assert list((tmp_path / "logs" / "serve").glob("controller_*.log")), "Serve's controller keeps its own log file"
 
 
 def cli(monkeypatch, args: list[str], env: dict[str, str]):
@@ -121,3 +134,42 @@ def test_serve_refuses_a_named_but_unset_key_variable(monkeypatch, tiny_encoder)
 def test_serve_rejects_bad_options(monkeypatch, tiny_encoder, option, value):
     result = cli(monkeypatch, [tiny_encoder, option, value], {})
     assert result.exit_code == 2 and option in result.output
+
+
+def test_serve_takes_host_port_and_key_variable_from_the_runs_config(tmp_path, tiny_encoder):
+    """`bootembed serve CONFIG` and `bootembed serve RUN_DIR` (which keeps the config `bootembed run` was given)
+    serve the run's encoders with its `serve` section; the command's options win over it."""
+    import shutil
+
+    from pipeline.cli import save_run_config, serve_settings, serve_sources
+    from pipeline.config import load_config
+
+    run_dir = tmp_path / "myrun"
+    shutil.copytree(tiny_encoder, run_dir / "train" / "models" / "icl")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"run_dir: {run_dir}\nlanguages: [yor]\nserve: {{host: 0.0.0.0, port: 8123, api_key_env: MY_KEY}}\n")
+
+    models, settings, folder = serve_sources([str(config)])
+    assert models == {"myrun": str(run_dir / "train" / "models" / "icl")} and folder == str(run_dir)
+    assert serve_settings(settings, None, None, None) == ("0.0.0.0", 8123, "MY_KEY")
+    assert serve_settings(settings, "127.0.0.1", 9000, "OTHER") == ("127.0.0.1", 9000, "OTHER")
+
+    save_run_config(load_config(config))  # what `bootembed run` does first
+    models, settings, folder = serve_sources([str(run_dir)])
+    assert models == {"myrun": str(run_dir / "train" / "models" / "icl")} and folder == str(run_dir)
+    assert serve_settings(settings, None, None, None) == ("0.0.0.0", 8123, "MY_KEY")
+
+    # A run that names no key variable: BOOTEMBED_API_KEY if set, no key otherwise (None: not required).
+    config.write_text(f"run_dir: {run_dir}\nlanguages: [yor]\n")
+    assert serve_settings(serve_sources([str(config)])[1], None, None, None) == ("127.0.0.1", 8000, None)
+    assert serve_settings(serve_sources([tiny_encoder])[1], None, 8001, None) == ("127.0.0.1", 8001, None)
+
+
+def test_serve_config_naming_an_unset_key_variable_is_refused(monkeypatch, tmp_path, tiny_encoder):
+    import shutil
+
+    shutil.copytree(tiny_encoder, tmp_path / "run" / "train" / "models" / "icl")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nlanguages: [yor]\nserve: {{api_key_env: BOOTEMBED_NO_SUCH_KEY}}\n")
+    result = cli(monkeypatch, [str(config)], {})
+    assert result.exit_code == 2 and "BOOTEMBED_NO_SUCH_KEY is not set or empty" in result.output
