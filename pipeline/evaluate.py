@@ -612,6 +612,15 @@ def headline_figure(metrics: dict):
 
 
 def plot_tasks(metrics: dict, path: str) -> None:
+    """tasks.png: `tasks_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = tasks_figure(metrics)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tasks_figure(metrics: dict):
     """Per-task summary: every metric's average over languages per model, with its bootstrap interval."""
     import matplotlib
 
@@ -632,8 +641,7 @@ def plot_tasks(metrics: dict, path: str) -> None:
             if r == 0 and start == 0:
                 ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 TASKS_PLOT_SLOTS = 12  # columns of one row of tasks.png; a task's panel takes one per metric, plus one
