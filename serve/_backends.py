@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,7 +417,12 @@ def export_onnx(model, inputs: tuple[str, ...], path: Path) -> None:
             return self.model(dict(zip(inputs, tensors)))["sentence_embedding"]
 
     example = model.preprocess(PROBE_TEXTS[:3], prompt=default_prompt(model))  # different lengths: padding traced
-    with torch.inference_mode(False), torch.no_grad():
+    # The tracer warns about Python conditions on shapes (mask length vs sequence length, causal or not): for an
+    # encoder they hold at every shape, and each build is checked on texts of other lengths and batch sizes.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")  # indices here are never negative
         torch.onnx.export(Chain().eval(), tuple(example[n] for n in inputs), str(path), input_names=list(inputs),
                           output_names=["sentence_embedding"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in inputs},
