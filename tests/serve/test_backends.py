@@ -143,3 +143,16 @@ def test_export_too_far_from_fp32_is_refused(tmp_path, minilm_path, monkeypatch)
         load(minilm_path, "onnx", "int8", "cpu", threads=1, streams=1, export_dir=str(tmp_path))
     assert not any((tmp_path / d).is_dir() and any(p.name == "onnx-int8" for p in (tmp_path / d).iterdir())
                    for d in os.listdir(tmp_path)), "a refused build must leave nothing to load"
+
+
+def test_onnx_int8_keeps_the_down_projections_fp32(minilm_path, export_dir):
+    """Dynamic int8 quantises every weight MatMul but the feed-forward blocks' second layers (intermediate -> hidden:
+    their GELU outputs have outliers that one scale per batch flattens)."""
+    import onnx
+
+    load(minilm_path, "onnx", "int8", "cpu", threads=1, streams=1, export_dir=export_dir)
+    graph = onnx.load(os.path.join(export_of(minilm_path, export_dir, "onnx-int8"), "model.onnx")).graph
+    weights = {w.name: tuple(w.dims) for w in graph.initializer}
+    fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(fp32) == 6 and all(weights[n.input[1]] == (1536, 384) for n in graph.node if n.name in fp32), fp32
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) >= 6 * 5  # q, k, v, attention out, FFN in per layer
