@@ -408,9 +408,10 @@ def onnx_down_projections(path: Path) -> list[str]:
     """MatMul nodes of the graph at `path` whose weight maps a wider input to a narrower output (the feed-forward
     block's second layer, intermediate -> hidden size): dynamic int8 keeps them fp32.
 
-    Their input, after GELU, has outliers that one int8 scale per batch flattens: on e5-small (8 UDHR languages <->
-    English) quantising every weight MatMul cost 4.5 points of acc@1 against fp32, keeping these 12 of 72 in fp32
-    cost 1.0, for 5% more file and about a fifth of the weight MatMul work left in fp32.
+    Their input, after GELU, has outliers that one int8 scale per batch flattens: on e5-small (UDHR bitext retrieval,
+    12 languages <-> English, benchmarks/bench_int8_quality.py) quantising every weight MatMul cost 2.2 points of
+    acc@1 against fp32, keeping these 12 of 72 in fp32 cost 1.0, for about a fifth of the weight MatMul work left
+    in fp32.
     """
     import onnx
 

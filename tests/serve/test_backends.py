@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from serve._backends import MANIFEST, MIN_COSINE, ExportError, load, missing_packages
+from serve._backends import MANIFEST, MIN_COSINE, ExportError, export_folder, load, missing_packages
 
 pytestmark = [pytest.mark.timeout(900),
               pytest.mark.skipif(bool(missing_packages("onnx") or missing_packages("openvino")),
@@ -90,8 +90,7 @@ def test_token_ids_give_the_vectors_of_the_text_they_encode(trained_like, export
 
 def test_export_is_built_once_and_reused(minilm_path, export_dir):
     first = load(minilm_path, "onnx", "int8", "cpu", threads=1, streams=1, export_dir=export_dir)
-    folders = [p for p in os.scandir(export_dir) if p.is_dir() and not p.name.startswith(".")]
-    manifest = next(os.path.join(f.path, "onnx-int8", MANIFEST) for f in folders if f.name.startswith("model-"))
+    manifest = os.path.join(export_of(minilm_path, export_dir, "onnx-int8"), MANIFEST)
     built = os.stat(manifest).st_mtime_ns
     again = load(minilm_path, "onnx", "int8", "cpu", threads=1, streams=1, export_dir=export_dir)
     assert os.stat(manifest).st_mtime_ns == built  # not rebuilt
@@ -99,10 +98,10 @@ def test_export_is_built_once_and_reused(minilm_path, export_dir):
 
 
 def export_of(path: str, export_dir: str, variant: str) -> str:
-    """The folder holding `variant` (e.g. onnx-int8) of the model at `path`."""
-    name = os.path.basename(os.path.realpath(path))
-    [folder] = [f.path for f in os.scandir(export_dir) if f.name.startswith(name + "-") and f.is_dir()]
-    return os.path.join(folder, variant)
+    """The folder holding `variant` (e.g. onnx-int8) of the model folder at `path`."""
+    folder = str(export_folder(path, None, *variant.split("-"), export_dir))
+    assert os.path.isdir(folder), folder
+    return folder
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing", "manifest", "probe"])
