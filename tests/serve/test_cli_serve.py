@@ -75,7 +75,8 @@ def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "Serving" in output and "stopping" in output
-    assert ("one multiplexed deployment, 4 model(s) per replica, 2 replica(s) each, max batch 4, batch wait 0.02s, "
+    assert ("one multiplexed deployment, 4 model(s) per replica, 2 replica(s) each, torch fp32, max batch 4, "
+            "batch wait 0.02s, "
             "API key required (from $BOOTEMBED_TEST_KEY)") in output
     assert key not in output  # the key itself is never printed
 
