@@ -6,10 +6,10 @@ truncation at `max_seq_length`); the exported graph is the model's whole module 
 e.g. the avg_first_last layer pooling of pipeline/train.py, and normalisation), traced from the loaded model, so it
 computes what the model computes.
 
-* torch: the model as loaded; int8 is torch's dynamic quantisation of every Linear layer, weights per output
-  channel (done at load, in a fraction of a second; nothing cached).
+* torch: the model as loaded; int8 is torch's dynamic quantisation of the Linear layers, weights per output
+  channel, the feed-forward down-projections left fp32 (done at load, in a fraction of a second; nothing cached).
 * onnx: `torch.onnx.export` of the module chain, run by ONNX Runtime; int8 is ONNX Runtime's dynamic quantisation
-  (int8 weights per output channel, activations quantised per batch).
+  (int8 weights per output channel, activations quantised per batch; down-projections left fp32).
 * openvino: the same ONNX graph compiled by OpenVINO; int8 is NNCF's static quantisation, calibrated on fixed
   multilingual sentences (the bundled cross-lingual NLI pairs).
 
@@ -198,7 +198,7 @@ def load(source: str, backend: str, quantize: str, device: str, threads: int, st
 
         reference = Backend(model, "torch").encode(PROBE_TEXTS, batch_size=8)
         # Per output channel, as for ONNX Runtime: per tensor, MiniLM's vectors fell to cosine .83 of fp32.
-        # Down-projections stay fp32 (see down_projections).
+        # Down-projections stay fp32 (see onnx_down_projections).
         linear = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
                   if isinstance(m, torch.nn.Linear) and m.in_features <= m.out_features}
         quantize_dynamic(model, linear, dtype=torch.qint8, inplace=True)
@@ -323,7 +323,7 @@ class Exported:
                         from onnxruntime.quantization import QuantType, quantize_dynamic
 
                         # Per output channel: per tensor, MiniLM's vectors fell to cosine .86 of fp32 (.99 so).
-                        # Down-projections stay fp32 (see down_projections).
+                        # Down-projections stay fp32 (see onnx_down_projections).
                         quantize_dynamic(str(fp32), str(work / "model.onnx"), weight_type=QuantType.QInt8,
                                          per_channel=True, nodes_to_exclude=onnx_down_projections(fp32))
                     else:

@@ -122,9 +122,11 @@ def test_broken_export_is_rebuilt_naming_what_was_wrong(tmp_path, minilm_path, d
         os.remove(manifest)
         named = manifest
     else:  # the files are as built, but the graph no longer gives the vectors recorded (another runtime, say)
-        recorded = json.loads(open(manifest).read())
+        with open(manifest) as f:
+            recorded = json.load(f)
         recorded["probe_vectors"] = (-np.asarray(recorded["probe_vectors"])).tolist()
-        open(manifest, "w").write(json.dumps(recorded))
+        with open(manifest, "w") as f:
+            json.dump(recorded, f)
         named = "differ from those recorded"
     with caplog.at_level(logging.WARNING, logger="bootembed.serve"):
         rebuilt = load(minilm_path, "onnx", "int8", "cpu", threads=1, streams=1, export_dir=export_dir)
