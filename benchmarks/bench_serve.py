@@ -7,7 +7,9 @@ What it measures
       request as it comes (a sync endpoint, so uvicorn's thread pool runs requests side by side, unbatched, each
       with one torch thread: its best setting on 2 cores).
     * bootembed: `serve.app.build_app` at AppArgs' defaults (or --app-args) on a private local Ray instance: Ray
-      Serve proxy -> Api ingress -> one Encoder replica batching requests.
+      Serve proxy -> Api ingress -> one Encoder replica batching requests, in fp32 torch.
+    * bootembed-<backend>-<quantize> for each of --variants (default onnx-int8, openvino-int8, torch-int8): the same
+      app with `backend` / `quantize` set (exports built before its turn starts, so start-up is not measured).
     * infinity (with --infinity PATH, the `infinity_emb` command of a separate venv): Infinity's own server on the
       same folder, torch engine on CPU. If it cannot start, the reason is printed and the run goes on without it.
 
@@ -18,17 +20,20 @@ What it measures
     bulk requests of 64-128), each at every --levels number of closed-loop asyncio clients (aiohttp), for --seconds.
     Every text is unique. A request counts as an error if it fails, is not 200, or returns the wrong number / shape
     / norm of vectors; every 10th request's vectors are compared with sentence-transformers in this process after
-    the load (cosine > 0.999 per vector), so a lost, reordered or wrong answer shows up as an error.
+    the load (cosine > 0.999 per vector for fp32 servers, > 0.9 for int8 ones, whose smallest cosine is printed), so
+    a lost, reordered or wrong answer shows up as an error.
 
     Servers take turns, round after round (--rounds, the order reversed every other round), each started for its
     turn and stopped after it, so that drift in a shared machine's load hits all of them alike; results add up
     over rounds. "CPU ms/text" is the CPU time of every process the server consists of (for bootembed the whole
     Ray instance: GCS, raylet, controller, proxy, replicas) per text answered: unlike texts/s it hardly depends on
-    how much of the machine other jobs left free, so it is the column to compare across runs.
+    how much of the machine other jobs left free, so it is the column to compare across runs. Ratios are given
+    against the baseline and against bootembed's fp32 torch path, both measured in the same run.
 
 Run
     python benchmarks/bench_serve.py [--levels 8 32 128] [--seconds 10] [--rounds 1]
         [--infinity .venv-infinity/bin/infinity_emb] [--app-args '{"concurrent_batches": 1}']
+        [--variants onnx-int8 openvino-int8 torch-int8]
 """
 
 from __future__ import annotations
@@ -183,10 +188,8 @@ def infinity(command: str, path: str) -> Subprocess:
 class Bootembed(Server):
     """bootembed's app on a private local Ray instance, started for its turn and shut down after it."""
 
-    name = "bootembed"
-
-    def __init__(self, path: str, app_args: dict):
-        self.path, self.app_args = path, app_args
+    def __init__(self, path: str, app_args: dict, name: str = "bootembed"):
+        self.path, self.app_args, self.name = path, app_args, name
 
     def start(self) -> None:
         import ray
@@ -324,33 +327,59 @@ def measure(server: Server, workloads: list[str], levels: list[int], seconds: fl
     return results
 
 
-def verify_samples(level: Level, reference) -> None:
-    """Compare the kept vectors with sentence-transformers in this process; a mismatch is an error."""
+def verify_samples(level: Level, reference, least: float) -> float:
+    """Compare the kept vectors with sentence-transformers in this process (a cosine below `least` is an error);
+    the smallest cosine seen."""
+    smallest = 1.0
     for texts, got in level.samples:
         expected = reference.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        if not np.all(np.sum(got * expected, axis=1) > 0.999):
+        cosines = np.sum(got * expected, axis=1)
+        smallest = min(smallest, float(cosines.min()))
+        if not np.all(cosines > least):
             level.fail("vectors differ from reference")
+    return smallest
 
 
 # --- report ---
 
 
-def row(name: str, workload: str, clients: int, level: Level, base: Level) -> str:
+def ratios(level: Level, base: Level | None) -> list[str]:
+    """texts/s and p99 of `level` against `base` (blank when the base did not run)."""
+    if base is None or not base.latencies or not level.latencies:
+        return ["", ""]
+    texts_s, base_texts_s = level.texts / level.seconds, base.texts / base.seconds
+    return [f"{texts_s / base_texts_s:.2f}x",
+            f"{np.percentile(level.latencies, 99) / np.percentile(base.latencies, 99):.2f}x"]
+
+
+def row(name: str, workload: str, clients: int, level: Level, base: Level | None, fp32: Level | None) -> str:
     texts_s = level.texts / level.seconds
     p50, p99 = (np.percentile(level.latencies, [50, 99]) * 1000) if level.latencies else (float("nan"),) * 2
-    base_texts_s, base_p99 = base.texts / base.seconds, np.percentile(base.latencies, 99) * 1000
     cells = [name, workload, str(clients), f"{(level.requests - level.errors) / level.seconds:.1f}", f"{texts_s:.0f}",
              f"{p50:.0f}", f"{p99:.0f}", f"{1000 * level.cpu / max(level.texts, 1):.1f}", f"{level.errors} / {level.requests}",
-             f"{texts_s / base_texts_s:.2f}x", f"{p99 / base_p99:.2f}x"]
+             *ratios(level, base), *ratios(level, fp32)]
     return "| " + " | ".join(cells) + " |"
 
 
 def table(results: dict[str, dict[tuple[str, int], Level]]) -> str:
     lines = ["| server | workload | clients | req/s | texts/s | p50 ms | p99 ms | CPU ms/text | errors / requests "
-             "| texts/s vs baseline | p99 vs baseline |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, base in results["baseline"].items():
-        lines += [row(name, *key, by_key[key], base) for name, by_key in results.items() if key in by_key]
+             "| texts/s vs baseline | p99 vs baseline | texts/s vs bootembed fp32 | p99 vs bootembed fp32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys(key for by_key in results.values() for key in by_key))
+    for key in keys:
+        lines += [row(name, *key, by_key[key], results.get("baseline", {}).get(key), results.get("bootembed", {}).get(key))
+                  for name, by_key in results.items() if key in by_key]
     return "\n".join(lines)
+
+
+def prepare_export(path: str, backend: str, quantize: str, app_args: dict) -> None:
+    """Build (or check) a variant's export here, once, so that no server's turn includes building it."""
+    from serve._backends import load
+    from serve.args import AppArgs
+
+    if backend != "torch":
+        load(path, backend, quantize, "cpu", threads=1, streams=1,
+             export_dir=app_args.get("export_dir", AppArgs.model_fields["export_dir"].default))
 
 
 def main() -> None:
@@ -361,6 +390,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="turns each server takes (results add up)")
     parser.add_argument("--infinity", help="the infinity_emb command of a venv where infinity-emb is installed")
     parser.add_argument("--app-args", default="{}", help="AppArgs fields (JSON) that bootembed overrides")
+    parser.add_argument("--variants", nargs="*", default=["onnx-int8", "openvino-int8", "torch-int8"],
+                        help="bootembed backends beside fp32 torch, as <backend>-<quantize>")
     parser.add_argument("--cache-dir", default="~/.cache/bootembed")
     args = parser.parse_args()
 
@@ -372,7 +403,12 @@ def main() -> None:
     torch.set_num_threads(1)
     path = resolve_model("bundled:all-minilm-l6-v2", os.path.expanduser(args.cache_dir))
     started, load_before = time.monotonic(), os.getloadavg()[0]
-    servers: list[Server] = [baseline(path), Bootembed(path, json.loads(args.app_args))]
+    app_args = json.loads(args.app_args)
+    servers: list[Server] = [baseline(path), Bootembed(path, {**app_args, "backend": "torch", "quantize": "none"})]
+    for variant in args.variants:
+        backend, quantize = variant.split("-")
+        prepare_export(path, backend, quantize, app_args)
+        servers.append(Bootembed(path, {**app_args, "backend": backend, "quantize": quantize}, f"bootembed-{variant}"))
     if args.infinity:
         if shutil.which(args.infinity):
             servers.append(infinity(args.infinity, path))
@@ -397,15 +433,18 @@ def main() -> None:
                 server.stop()
 
     reference = SentenceTransformer(path, device="cpu")
-    checked = 0
-    for by_key in results.values():
+    checked, smallest = 0, {}
+    for name, by_key in results.items():
+        least = 0.9 if name.endswith("int8") else 0.999
         for level in by_key.values():
-            verify_samples(level, reference)
+            smallest[name] = min(smallest.get(name, 1.0), verify_samples(level, reference, least))
             checked += sum(len(t) for t, _ in level.samples)
     print(f"\nAll-MiniLM-L6-v2, {args.rounds} round(s) of {args.seconds:.0f}s per level and server, {os.cpu_count()} cores, "
           f"load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after; {checked} sampled vectors "
           f"compared with the reference; total {time.monotonic() - started:.0f}s\n")
     print(table(results))
+    print("\nsmallest cosine of a sampled vector to sentence-transformers fp32: "
+          + ", ".join(f"{name} {value:.4f}" for name, value in smallest.items()))
     for name, by_key in results.items():
         for (workload, clients), level in by_key.items():
             if level.error_kinds:

@@ -279,6 +279,11 @@ def serve(
     max_models_per_replica: Annotated[int, typer.Option(help=_APP["max_models_per_replica"].description, min=1)]
         = _APP["max_models_per_replica"].default,
     truncate: Annotated[bool, typer.Option(help=_APP["truncate"].description)] = _APP["truncate"].default,
+    backend: Annotated[str, typer.Option(help=_APP["backend"].description + " One of torch, onnx, openvino.")]
+        = _APP["backend"].default,
+    quantize: Annotated[str, typer.Option(help=_APP["quantize"].description + " One of none, int8.")]
+        = _APP["quantize"].default,
+    export_dir: Annotated[str, typer.Option(help=_APP["export_dir"].description)] = _APP["export_dir"].default,
     api_key_env: Annotated[str | None, typer.Option(
         help=f"Require the API key in this environment variable as a Bearer token on /v1/* (default: the run's "
              f"serve.api_key_env, else {_SERVE.api_key_env}, if set).")] = None,
@@ -292,6 +297,7 @@ def serve(
 
     models, settings, run_folder = serve_sources(sources)
     host, port, api_key_env = serve_settings(settings, host, port, api_key_env)
+    from pydantic import ValidationError
 
     from serve.app import api_key_from_env, build_app, is_loopback
 
@@ -302,12 +308,17 @@ def serve(
     if api_key is None and not is_loopback(host):
         typer.secho(f"warning: binding {host} without an API key exposes the API to the network; set "
                     f"{_SERVE.api_key_env} (or --api-key-env NAME) or bind 127.0.0.1", fg=typer.colors.YELLOW, err=True)
-    args = AppArgs(models=models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-                   num_replicas=num_replicas, encoder_gpus=encoder_gpus, multiplex_above=multiplex_above,
-                   max_models_per_replica=max_models_per_replica, truncate=truncate, api_key_env=api_key_env)
     try:
-        application = build_app(args)  # checks every model first, before Ray starts
-    except FileNotFoundError as err:
+        args = AppArgs(models=models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                       num_replicas=num_replicas, encoder_gpus=encoder_gpus, multiplex_above=multiplex_above,
+                       max_models_per_replica=max_models_per_replica, truncate=truncate, backend=backend,
+                       quantize=quantize, export_dir=export_dir, api_key_env=api_key_env)
+    except ValidationError as err:  # e.g. --backend onnx with --encoder-gpus 1: said before Ray starts
+        fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" if e["loc"] else
+                       e["msg"].removeprefix("Value error, ") for e in err.errors()))
+    try:
+        application = build_app(args)  # checks every model and the backend's packages first, before Ray starts
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
 
     logs = str(log_dir or (Path(run_folder) / "logs" if run_folder else Path(_CACHE_DIR).expanduser() / "logs"))
@@ -329,8 +340,10 @@ def serve(
         auth = f"API key required (from ${api_key_env or _SERVE.api_key_env})" if api_key else "no API key"
         layout = (f"one multiplexed deployment, {max_models_per_replica} model(s) per replica"
                   if len(models) > multiplex_above else "one deployment per model")
+        engine = "torch fp16 on GPU" if encoder_gpus else f"{backend} {'fp32' if quantize == 'none' else quantize}"
         console.echo(f"Serving {sorted(models)} at http://{host}:{port}/v1/embeddings ({layout}, {num_replicas} "
-                     f"replica(s) each, max batch {max_batch_size}, batch wait {batch_wait_timeout_s}s, {auth}; Ctrl-C stops)")
+                     f"replica(s) each, {engine}, max batch {max_batch_size}, batch wait {batch_wait_timeout_s}s, {auth}; "
+                     "Ctrl-C stops)")
         for name, where in sorted(models.items()):
             console.echo(f"  {name:24s} {where}")
         console.echo(f"Logs: {console.log_path} (Ray, Serve), {serve_logs['logs_dir']}/ (Serve's own files)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
+from serve._backends import Backend, load
 from serve._batching import Batcher
 
 
@@ -31,9 +32,10 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Loaded:
-    """A model and the token counter that goes with it (`count_tokens(texts)` -> untruncated lengths)."""
+    """A model on its backend and the token counter that goes with it (`count_tokens(texts)` -> untruncated
+    lengths)."""
 
-    model: object  # a SentenceTransformer
+    model: Backend
     count_tokens: Callable[[list[str]], list[int]]
 
 
@@ -105,13 +107,15 @@ class Encoder:
     """Sentence-transformers models by name (`paths`); `__call__(texts)` embeds for the request's multiplexed model id."""
 
     def __init__(self, paths: dict[str, str], max_batch_size: int, batch_wait_timeout_s: float, max_models: int,
-                 truncate: bool, threads: int, concurrent_batches: int):
+                 truncate: bool, threads: int, concurrent_batches: int, backend: str, quantize: str, export_dir: str):
         import torch
 
         # Ray workers are not limited to their CPU share: without this, torch starts one thread per core in every
         # replica and they fight each other and the HTTP proxy (2 threads on 2 cores: 2.5x the CPU per text here).
         torch.set_num_threads(threads)
         self.paths, self.truncate = paths, truncate
+        self.backend, self.quantize, self.export_dir = backend, quantize, export_dir
+        self.threads, self.concurrent_batches = threads, concurrent_batches
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.loads = Counter()
         self.preloaded = {name: self._load(name) for name in paths} if len(paths) == 1 else {}
@@ -125,14 +129,14 @@ class Encoder:
         self.metrics = EncoderMetrics()
 
     def _load(self, name: str) -> Loaded:
-        from sentence_transformers import SentenceTransformer
-
         self.loads[name] += 1
         try:
-            model = SentenceTransformer(self.paths[name], device=self.device)
+            # An exported backend is built on the replica's first start on a node, then read from export_dir.
+            model = load(self.paths[name], self.backend, self.quantize, self.device, self.threads,
+                         self.concurrent_batches, self.export_dir)
             # One encode before batches run side by side: it sets the tokenizer's padding and truncation, which
             # every later encode then leaves as they are (two first calls at once would both write them).
-            model.encode(["warm up"], show_progress_bar=False)
+            model.encode(["warm up"], batch_size=1)
             return Loaded(model, token_counter(model.tokenizer))
         except Exception as err:  # noqa: BLE001 - whatever broke, the request for this model gets a 503 that says it
             raise ModelLoadError(f"model {name!r} could not be loaded from {self.paths[name]}: "
@@ -146,7 +150,8 @@ class Encoder:
         return await asyncio.to_thread(self._load, name)
 
     async def _embed_batch(self, name: str, requests: list[list[str]]) -> list[dict]:
-        """One result per request: {"vectors", "tokens"}, or {"too_long": [(index, tokens)], "limit"} when refused."""
+        """One result per request: {"vectors", "tokens"}, or when refused {"too_long": [(index, tokens)], "limit"}
+        or {"bad_ids": [(index, id)], "vocabulary"} (token ids the model does not have)."""
         loaded = await self.model(name)
         # In a thread: the event loop keeps taking requests while this batch is encoded (torch and the tokenizer
         # release the GIL, so `concurrent_batches` batches compute side by side).
@@ -154,35 +159,45 @@ class Encoder:
         self.metrics.record(name, results)
         return results
 
-    def _encode_requests(self, loaded: Loaded, requests: list[list[str]]) -> list[dict]:
+    def _encode_requests(self, loaded: Loaded, requests: list[list[str] | list[list[int]]]) -> list[dict]:
+        """Each request is texts or token id sequences (the model's own ids, read as given; see _openai.py)."""
         model = loaded.model
         limit = model.max_seq_length
-        lengths = loaded.count_tokens([t for texts in requests for t in texts])
-        results, accepted, start = [], [], 0
-        for texts in requests:
-            own = lengths[start:start + len(texts)]
-            start += len(texts)
+        vocabulary = len(model.tokenizer)
+        texts_of = [r for r in requests if isinstance(r[0], str)]
+        counted = iter(loaded.count_tokens([t for texts in texts_of for t in texts]))
+        results, accepted = [], []
+        for inputs in requests:
+            if isinstance(inputs[0], str):
+                own = [next(counted) for _ in inputs]
+            else:
+                own = [len(ids) for ids in inputs]
+                bad = [(i, t) for i, ids in enumerate(inputs) for t in ids if t >= vocabulary]
+                if bad:
+                    results.append({"bad_ids": bad[:5], "vocabulary": vocabulary})
+                    continue
             over = [(i, n) for i, n in enumerate(own) if n > limit]
             if over and not self.truncate:
                 results.append({"too_long": over, "limit": limit})
-            else:  # the model reads at most `limit` tokens of each text: usage counts those
+            else:  # the model reads at most `limit` tokens of each input: usage counts those
                 results.append({"tokens": sum(min(n, limit) for n in own)})
-                accepted.append((results[-1], texts))
-        flat = [t for _, texts in accepted for t in texts]
-        vectors = model.encode(flat, batch_size=forward_batch_size(len(flat), self.device), normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False) if flat else None
-        start = 0
-        for result, texts in accepted:
-            result["vectors"] = vectors[start:start + len(texts)].astype(np.float32)
-            start += len(texts)
+                accepted.append((results[-1], inputs))
+        texts = [t for _, inputs in accepted if isinstance(inputs[0], str) for t in inputs]
+        ids = [s[:limit] for _, inputs in accepted if not isinstance(inputs[0], str) for s in inputs]
+        batch = forward_batch_size(len(texts) + len(ids), self.device)
+        from_texts = iter(model.encode(texts, batch_size=batch) if texts else ())
+        from_ids = iter(model.encode_ids(ids, batch_size=batch) if ids else ())
+        for result, inputs in accepted:
+            rows = from_texts if isinstance(inputs[0], str) else from_ids
+            result["vectors"] = np.stack([next(rows) for _ in inputs]).astype(np.float32)
         return results
 
-    async def __call__(self, texts: list[str]) -> dict:
-        return await self.batcher.submit(serve.get_multiplexed_model_id(), texts)
+    async def __call__(self, inputs: list[str] | list[list[int]]) -> dict:
+        return await self.batcher.submit(serve.get_multiplexed_model_id(), inputs)
 
     async def dimension(self) -> int:
         loaded = await self.model(serve.get_multiplexed_model_id())
-        return int(loaded.model.get_sentence_embedding_dimension())
+        return loaded.model.dimension
 
     def stats(self) -> dict:
         """How this replica batched requests so far (largest_batch counts requests, not texts) and how many times

@@ -7,6 +7,8 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response
 
 MAX_INPUTS = 2048  # per request, as in OpenAI's API
+# What OpenAI's API accepts as `input`; token arrays are read as the served model's own token ids, as vLLM and TEI do.
+INPUT_SHAPES = ("a string, a list of strings, a token array (list of integers) or a list of token arrays")
 ENCODINGS = ("float", "base64")
 # Components of a unit vector written with 9 decimals: at most 5e-10 off, below float32's resolution for all but
 # the tiniest components, and JSON about 40% shorter and 2x faster to write than float64's 17-digit repr.
@@ -20,8 +22,12 @@ def error(status: int, message: str, param: str | None = None, code: str | None 
 
 
 def parse_inputs(body: object, known: list[str], max_inputs: int = MAX_INPUTS
-                 ) -> tuple[str, list[str], str, int | None] | JSONResponse:
-    """(model, texts, encoding, dimensions) of a valid request body, or the JSON error that explains what is wrong.
+                 ) -> tuple[str, list[str] | list[list[int]], str, int | None] | JSONResponse:
+    """(model, inputs, encoding, dimensions) of a valid request body, or the JSON error that explains what is wrong.
+
+    `inputs` is a list of texts or a list of token arrays (the model's own token ids, read as given: no special
+    tokens or prompt added, as vLLM and TEI read them); their range is checked by the encoder, which knows the
+    model's vocabulary.
 
     Wrong types answer 400 as OpenAI's API does (not FastAPI's 422), so clients see one error shape. `dimensions`
     is only checked for type and sign here; its upper bound depends on the model (see `check_dimensions`).
@@ -37,16 +43,22 @@ def parse_inputs(body: object, known: list[str], max_inputs: int = MAX_INPUTS
         return error(404, f"model {model!r} is not served here; available: {known}", param="model", code="model_not_found")
     texts = body.get("input")
     if texts is None:
-        return error(400, "`input` is required: a string or a list of strings", param="input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        return error(400, "`input` must be a string or a list of strings (token arrays are not supported)", param="input")
+        return error(400, f"`input` is required: {INPUT_SHAPES}", param="input")
+    if isinstance(texts, str) or (isinstance(texts, list) and texts and all(is_token(t) for t in texts)):
+        texts = [texts]  # one text, or one token array
+    if not isinstance(texts, list) or not (all(isinstance(t, str) for t in texts) or
+                                           all(isinstance(t, list) and all(is_token(i) for i in t) for t in texts)):
+        return error(400, f"`input` must be {INPUT_SHAPES}, not a mix", param="input")
     if not texts:
         return error(400, "`input` must not be an empty list", param="input")
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
-        return error(400, f"`input` must not contain empty strings (empty at index {empty[:10]})", param="input")
+        what = "empty strings" if isinstance(texts[0], str) else "empty token arrays"
+        return error(400, f"`input` must not contain {what} (empty at index {empty[:10]})", param="input")
+    negative = [(i, t) for i, ids in enumerate(texts) if isinstance(ids, list) for t in ids if t < 0]
+    if negative:
+        return error(400, "token ids must be 0 or more; got " + ", ".join(f"input[{i}] has {t}" for i, t in negative[:5]),
+                     param="input")
     if len(texts) > max_inputs:
         return error(413, f"`input` has {len(texts)} items; at most {max_inputs} per request", param="input")
     encoding = body.get("encoding_format") or "float"
@@ -58,6 +70,17 @@ def parse_inputs(body: object, known: list[str], max_inputs: int = MAX_INPUTS
     if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
         return error(400, f"`dimensions` must be a positive integer; got {dimensions!r}", param="dimensions")
     return model, texts, encoding, dimensions
+
+
+def is_token(value: object) -> bool:
+    return type(value) is int  # bool is an int subclass, 3.0 a float: neither is a token id
+
+
+def bad_ids(model: str, bad: list[tuple[int, int]], vocabulary: int) -> JSONResponse:
+    """The 400 for token ids the model's vocabulary does not have."""
+    shown = ", ".join(f"input[{i}] has {t}" for i, t in bad)
+    return error(400, f"model {model!r} has token ids 0 to {vocabulary - 1} but {shown}; token arrays are read as "
+                 "the model's own tokenizer's ids", param="input", code="invalid_token_ids")
 
 
 def check_dimensions(dimensions: int | None, model: str, model_dim: int) -> JSONResponse | None:

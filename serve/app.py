@@ -1,6 +1,6 @@
 """Ray Serve application: an OpenAI-compatible embeddings API over bootembed's encoders.
 
-    POST /v1/embeddings {"model": name, "input": str | [str], "encoding_format": "float" | "base64",
+    POST /v1/embeddings {"model": name, "input": str | [str] | [int] | [[int]], "encoding_format": "float" | "base64",
                          "dimensions": int (optional)}             -> OpenAI embeddings response
     GET  /v1/models                                            -> the served encoders
     GET  /healthz                                              -> always open (no API key needed)
@@ -38,7 +38,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from serve._encoder import Encoder, ModelLoadError
-from serve._openai import check_dimensions, embeddings_response, error, parse_inputs, too_long, truncate
+from serve._backends import check_installed
+from serve._openai import bad_ids, check_dimensions, embeddings_response, error, parse_inputs, too_long, truncate
 from serve.args import API_KEY_ENV, AppArgs
 
 MULTIPLEXED = "Encoders"  # the deployment's name when one deployment serves every model
@@ -120,6 +121,8 @@ class Api:
             return error(500, f"encoder {model!r} failed: {type(err).__name__}: {err}")
         if "too_long" in result:
             return too_long(model, result["too_long"], result["limit"])
+        if "bad_ids" in result:
+            return bad_ids(model, result["bad_ids"], result["vocabulary"])
         return embeddings_response(model, truncate(result["vectors"], dimensions), encoding, result["tokens"])
 
     @api.get("/v1/models")
@@ -142,7 +145,7 @@ def build_app(args: AppArgs) -> serve.Application:
     Raises:
         FileNotFoundError: a model folder has no modules.json, or a hub id names no sentence-transformers model there
             (nor in the local cache, offline); every such model named at once.
-        ValueError: `api_key_env` names a variable that is unset or empty.
+        ValueError: `api_key_env` names a variable that is unset or empty, or `backend`'s packages are not installed.
     """
     hub = {name for name, source in args.models.items() if is_hub_model(source)}
     models = {name: source if name in hub else os.path.abspath(os.path.expanduser(source))
@@ -154,6 +157,7 @@ def build_app(args: AppArgs) -> serve.Application:
         [f"no such folder, nor a sentence-transformers model on the Hugging Face hub: {'; '.join(unknown)}"] if unknown else [])
     if problems:
         raise FileNotFoundError("; ".join(problems))
+    check_installed(args.backend)
     api_key = api_key_from_env(args.api_key_env)
     # {deployment name: {model: folder}}: one deployment for all models, or one per model
     groups = ({MULTIPLEXED: models} if len(models) > args.multiplex_above
@@ -167,7 +171,7 @@ def build_app(args: AppArgs) -> serve.Application:
             ray_actor_options={"num_cpus": cpus, **({"num_gpus": args.encoder_gpus} if args.encoder_gpus else {})},
             max_ongoing_requests=2 * args.max_batch_size * args.concurrent_batches,  # room to fill every batch
         ).bind(paths, args.max_batch_size, args.batch_wait_timeout_s, args.max_models_per_replica, args.truncate,
-               args.torch_threads, args.concurrent_batches)
+               args.torch_threads, args.concurrent_batches, args.backend, args.quantize, args.export_dir)
         encoders.update(dict.fromkeys(paths, handle))
     return Api.bind(encoders, args.max_inputs, sha256(api_key) if api_key else None)
 

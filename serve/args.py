@@ -3,7 +3,9 @@
 Kept free of Ray and torch imports so that `bootembed --help` can show these defaults without starting either.
 """
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 API_KEY_ENV = "BOOTEMBED_API_KEY"  # where the app looks for a key unless told another variable
 
@@ -42,6 +44,16 @@ class AppArgs(BaseModel):
     max_inputs: int = Field(2048, ge=1, description="Most texts in one request (413 beyond), as in OpenAI's API.")
     truncate: bool = Field(True, description="Texts longer than the model reads (its max_seq_length) are truncated; "
                            "false refuses them with a 400 that names them.")
+    backend: Literal["torch", "onnx", "openvino"] = Field("torch", description="What computes the vectors on CPU "
+        "replicas: the model's torch modules, or its graph exported once to ONNX Runtime or OpenVINO (built on a "
+        "replica's first start, kept in export_dir). GPU replicas run torch in fp16. Measured speeds: README, "
+        "Throughput.")
+    quantize: Literal["none", "int8"] = Field("none", description="int8: int8 weights and activations (torch and "
+        "onnx: dynamic quantisation; openvino: static, calibrated on UDHR text): faster on CPU, vectors slightly "
+        "off fp32's (each build is checked on fixed texts: smallest cosine at least .95). Speed and retrieval cost "
+        "measured: README, Throughput. CPU only.")
+    export_dir: str = Field("~/.cache/bootembed/exports", description="Where replicas keep exported models, one folder "
+                            "per model content (SHA-256 of its files), backend and quantisation; on each node.")
     api_key_env: str | None = Field(None, description="Environment variable, read when the app is built, holding the "
                                     f"API key that /v1/* requires as a Bearer token. Unset: {API_KEY_ENV} if that is "
                                     "set, else no key. A named variable that is unset or empty is an error.")
@@ -53,3 +65,12 @@ class AppArgs(BaseModel):
         if empty:
             raise ValueError(f"every model needs a name and a folder; got {', '.join(empty)}")
         return models
+
+    @model_validator(mode="after")
+    def _gpus_run_torch(self) -> "AppArgs":
+        if self.encoder_gpus and (self.backend != "torch" or self.quantize != "none"):
+            chosen = " and ".join(f"`{k}: {v}`" for k, v in (("backend", self.backend), ("quantize", self.quantize))
+                                  if v not in ("torch", "none"))
+            raise ValueError(f"{chosen} runs on CPU replicas only, but `encoder_gpus` is {self.encoder_gpus}: GPU "
+                             "replicas run torch in fp16; set `backend: torch` and `quantize: none`, or `encoder_gpus: 0`")
+        return self

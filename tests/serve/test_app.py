@@ -7,6 +7,7 @@ run in this process, through the official `openai` client and plain HTTP (urllib
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -170,8 +171,16 @@ ERRORS = {
     "empty string input": ({"model": "tiny", "input": ""}, 400, "input", ["empty"]),
     "empty string in list": ({"model": "tiny", "input": ["hi", ""]}, 400, "input", ["empty", "[1]"]),
     "input is a number": ({"model": "tiny", "input": 123}, 400, "input", ["string"]),
-    "input is token ids": ({"model": "tiny", "input": [1, 2]}, 400, "input", ["string"]),
     "input mixes types": ({"model": "tiny", "input": ["hi", None]}, 400, "input", ["string"]),
+    "input mixes text and token ids": ({"model": "tiny", "input": ["hi", [101, 102]]}, 400, "input",
+                                       ["token array", "not a mix"]),
+    "token id a float": ({"model": "tiny", "input": [101.0, 102]}, 400, "input", ["list of integers"]),
+    "token id a bool": ({"model": "tiny", "input": [[101, True]]}, 400, "input", ["list of integers"]),
+    "token id negative": ({"model": "tiny", "input": [[101, 102], [101, -3]]}, 400, "input",
+                          ["0 or more", "input[1] has -3"]),
+    "token id beyond the vocabulary": ({"model": "tiny", "input": [[101, 102], [101, 99999999, 102]]}, 400, "input",
+                                       ["token ids 0 to 30521", "input[1] has 99999999", "own tokenizer"]),
+    "empty token array": ({"model": "tiny", "input": [[101, 102], []]}, 400, "input", ["empty token arrays", "[1]"]),
     "body not JSON": (b"model=tiny&input=hi", 400, None, ["JSON"]),
     "body not UTF-8": (b"\xff\xfe\x00{", 400, None, ["JSON"]),
     "body is a JSON list": (["tiny", "hi"], 400, None, ["JSON object"]),
@@ -230,6 +239,47 @@ def test_openai_client_raises_typed_errors(client, server, reference):
         client.embeddings.create(model="tiny", input=[])
     assert caught.value.param == "input"
     embed_ok(server, reference, "minilm")
+
+
+# --- token arrays: the model's own token ids, read as given (as vLLM and TEI read them) --------------
+
+
+@pytest.mark.parametrize("model", ["tiny", "minilm"])
+def test_token_arrays_get_the_vectors_of_their_text(server, st_models, reference, model):
+    ids = [st_models[model].tokenizer(t)["input_ids"] for t in TEXTS]  # [CLS] ... [SEP], as the text path reads
+    status, answer = http(server, "POST", "/v1/embeddings", {"model": model, "input": ids})
+    assert status == 200, answer
+    check_embeddings(answer, model, TEXTS, reference)
+    assert answer["usage"]["prompt_tokens"] == sum(map(len, ids))
+
+    status, answer = http(server, "POST", "/v1/embeddings", {"model": model, "input": ids[2]})  # one token array
+    assert status == 200, answer
+    check_embeddings(answer, model, TEXTS[2:3], reference)
+
+
+def test_openai_client_sends_token_arrays(client, st_models, reference):
+    ids = [st_models["minilm"].tokenizer(t)["input_ids"] for t in TEXTS[:3]]
+    response = client.embeddings.create(model="minilm", input=ids, encoding_format="float")
+    check_embeddings(response.model_dump(), "minilm", TEXTS[:3], reference)
+
+
+def test_texts_and_token_arrays_in_one_batch(server, st_models, reference):
+    """Requests of both kinds, sent together, share batches and each gets its own vectors."""
+    tokenizer = st_models["tiny"].tokenizer
+    bodies = [{"model": "tiny", "input": [TEXTS[i % 5]] if i % 2 else [tokenizer(TEXTS[i % 5])["input_ids"]]}
+              for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda b: http(server, "POST", "/v1/embeddings", b), bodies))
+    for i, (status, answer) in enumerate(answers):
+        assert status == 200, answer
+        check_embeddings(answer, "tiny", [TEXTS[i % 5]], reference)
+
+
+def test_long_token_array_is_truncated_to_what_the_model_reads(server, st_models):
+    limit = st_models["tiny"].max_seq_length
+    status, answer = http(server, "POST", "/v1/embeddings", {"model": "tiny", "input": [[1000 + i for i in range(3 * limit)]]})
+    assert status == 200, answer
+    assert answer["usage"]["prompt_tokens"] == limit
 
 
 # --- concurrency and batching ----------------------------------------------------------------------
@@ -538,6 +588,32 @@ def test_a_hub_model_id_is_served_under_its_id(server, reference):
             check_embeddings(answer, "tiny", TEXTS[:3], reference)
         finally:
             serve.delete(app)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs the cpu-fast extra")
+def test_int8_onnx_app_serves_texts_and_token_arrays(server, st_models, reference, tmp_path):
+    """`backend: onnx, quantize: int8`: the replica builds the export on its first start; its vectors are within the
+    int8 bound of fp32's (tests/serve/test_backends.py states them), and token arrays give the same as their text."""
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+
+    app = "bootembed-int8"
+    serve.run(build_app(AppArgs(models={"minilm": server["models"]["minilm"]}, backend="onnx", quantize="int8",
+                                export_dir=str(tmp_path), encoder_cpus=0.1)), name=app, route_prefix="/int8")
+    try:
+        int8 = {"url": server["url"] + "/int8"}
+        status, from_texts = http(int8, "POST", "/v1/embeddings", {"model": "minilm", "input": TEXTS})
+        assert status == 200, from_texts
+        got = np.array([d["embedding"] for d in from_texts["data"]], dtype=np.float32)
+        assert np.sum(got * reference("minilm", TEXTS), axis=1).min() >= 0.96
+        ids = [st_models["minilm"].tokenizer(t)["input_ids"] for t in TEXTS]
+        status, from_ids = http(int8, "POST", "/v1/embeddings", {"model": "minilm", "input": ids})
+        assert status == 200, from_ids
+        np.testing.assert_allclose([d["embedding"] for d in from_ids["data"]], got, atol=2e-4)
+        assert from_ids["usage"] == from_texts["usage"]
+    finally:
+        serve.delete(app)
 
 
 def test_an_unknown_hub_id_or_missing_folder_is_named_before_serving(tmp_path):

@@ -78,7 +78,8 @@ def test_serve_command_with_key_and_options_answers_then_stops_cleanly_on_ctrl_c
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "Serving" in output and "stopping" in output
-    assert ("one multiplexed deployment, 4 model(s) per replica, 2 replica(s) each, max batch 4, batch wait 0.02s, "
+    assert ("one multiplexed deployment, 4 model(s) per replica, 2 replica(s) each, torch fp32, max batch 4, "
+            "batch wait 0.02s, "
             "API key required (from $BOOTEMBED_TEST_KEY)") in output
     assert key not in output  # the key itself is never printed
     [log] = (tmp_path / "logs").glob("serve-*.log")
@@ -128,9 +129,19 @@ def test_serve_refuses_a_named_but_unset_key_variable(monkeypatch, tiny_encoder)
     assert "BOOTEMBED_NO_SUCH_KEY is not set or empty" in result.output
 
 
+def test_serve_refuses_a_cpu_backend_on_gpus_before_ray_starts(monkeypatch, tiny_encoder):
+    for args, words in ((["--backend", "onnx", "--encoder-gpus", "1"], "`backend: onnx` runs on CPU replicas only"),
+                        (["--quantize", "int8", "--encoder-gpus", "0.5"], "`quantize: int8` runs on CPU replicas only")):
+        result = cli(monkeypatch, [tiny_encoder, *args], {})
+        assert result.exit_code == 2, result.output
+        assert words in result.output and "GPU replicas run torch in fp16" in result.output
+        assert "ray.init reached" not in str(result.exception)
+
+
 @pytest.mark.parametrize("option,value", [("--num-replicas", "0"), ("--max-batch-size", "0"),
                                           ("--batch-wait-timeout-s", "-1"), ("--multiplex-above", "-1"),
-                                          ("--max-models-per-replica", "0")])
+                                          ("--max-models-per-replica", "0"), ("--backend", "tensorrt"),
+                                          ("--quantize", "int4")])
 def test_serve_rejects_bad_options(monkeypatch, tiny_encoder, option, value):
     result = cli(monkeypatch, [tiny_encoder, option, value], {})
     assert result.exit_code == 2 and option in result.output

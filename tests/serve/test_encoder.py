@@ -15,10 +15,11 @@ pytestmark = pytest.mark.timeout(120)
 TEXTS = ["short", "a somewhat longer sentence to encode", "ọmọ mi wà nílé " * 5, "word " * 600, "x"]
 
 
-def encoder(path: str, truncate: bool = True):
+def encoder(path: str, truncate: bool = True, backend: str = "torch", quantize: str = "none", export_dir: str = ""):
     """The class behind the deployment, built directly: one model, loaded in __init__ as a replica would."""
     return Encoder.func_or_class({"m": path}, max_batch_size=8, batch_wait_timeout_s=0.0, max_models=1,
-                                 truncate=truncate, threads=1, concurrent_batches=2)
+                                 truncate=truncate, threads=1, concurrent_batches=2, backend=backend,
+                                 quantize=quantize, export_dir=export_dir)
 
 
 @pytest.mark.parametrize("model", ["tiny", "e5"])

@@ -52,6 +52,19 @@ def test_app_args_report_every_problem_at_once():
     assert "every model needs a name and a folder" in str(caught.value)
 
 
+@pytest.mark.parametrize("field,value", [("backend", "onnx"), ("backend", "openvino"), ("quantize", "int8")])
+def test_app_args_keep_gpu_replicas_on_torch(field, value):
+    from pydantic import ValidationError
+
+    from serve.app import AppArgs
+
+    with pytest.raises(ValidationError, match=rf"`{field}: {value}` runs on CPU replicas only, but `encoder_gpus` is "
+                                              r"1.0: GPU replicas run torch in fp16; set `backend: torch` and "
+                                              r"`quantize: none`, or `encoder_gpus: 0`"):
+        AppArgs(models={"a": "/m"}, encoder_gpus=1, **{field: value})
+    assert AppArgs(models={"a": "/m"}, **{field: value}).encoder_gpus == 0  # on CPU replicas: fine
+
+
 def test_build_app_names_every_missing_model_folder(tmp_path, tiny_encoder):
     from serve.app import AppArgs, build_app
 
