@@ -135,7 +135,7 @@ def resolve_eval_models(refs: list[str], cache_dir: str) -> dict[str, str]:
         if ref.startswith("bundled:"):
             found = {name or ref.split(":", 1)[1]: resolve_model(ref, cache_dir)}
         elif Path(ref).expanduser().is_dir():
-            found = models_of_run(ref)
+            found = models_of_run(ref, adapters=False)  # a LoRA run's merged folders: evaluation loads whole models
             if name:
                 found = {name if len(found) == 1 else f"{name}-{k}": v for k, v in found.items()}
         elif "/" in ref and not ref.startswith((".", "/", "~")):

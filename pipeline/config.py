@@ -159,6 +159,22 @@ class FilterConfig(_Section):
         "reference translation): 'bundled:<name>', a local folder or a hub id.")
 
 
+class EncoderLoraConfig(_Section):
+    """train.lora: train a LoRA adapter per language (or per language and strategy) instead of all encoder weights."""
+
+    rank: int = Field(8, ge=1, description="LoRA rank r of each adapted linear layer.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: each update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch's input during training.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Linear layers that get an adapter: names (or name suffixes) as peft takes them, e.g. "
+        "[query, key, value, dense], or 'all-linear'.")
+    per: Literal["language", "language_strategy"] = Field(
+        "language", description="One adapter per language (on every strategy's triplets of that language) or per "
+        "(language, strategy).")
+    keep_full_finetune: bool = Field(
+        False, description="Also train the full fine-tune of each strategy, so the report shows both side by side.")
+
+
 class TrainConfig(_Section):
     encoder: str = Field(
         "bundled:multilingual-e5-small",
@@ -193,6 +209,11 @@ class TrainConfig(_Section):
         True, description="Also train the encoder on as many human-made cross-lingual NLI triplets (the bundled XNLI pairs "
         "of 14 other languages) as the largest synthetic set, the paper's non-synthetic baseline (`human_nli` in the "
         "report). The in-language human baseline is the `parallel` strategy.")
+    lora: EncoderLoraConfig | None = Field(
+        None, description="Set (e.g. `lora: {rank: 8}`) to train a peft LoRA adapter on the encoder per language (or per "
+        "language and strategy) instead of all its weights: a few MB each, served together on one base encoder "
+        "(`bootembed serve RUN_DIR`), each also exported merged as a plain sentence-transformers folder. Empty: full "
+        "fine-tuning.")
 
 
 class EvaluateConfig(_Section):

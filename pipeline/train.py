@@ -109,6 +109,10 @@ def train_loop(config: dict) -> None:
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
 
     tokenizer, model = load_encoder(config["encoder_path"], cfg["freeze_embeddings"])
+    if cfg["lora"]:  # --- LoRA hook (pipeline/encoder_lora.py): only the adapter's weights train
+        from pipeline import encoder_lora
+
+        model = encoder_lora.wrap(model, cfg["lora"])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
     total_steps = config["steps_per_epoch"] * cfg["epochs"]
     warmup = int(total_steps * cfg["warmup_ratio"])
@@ -395,6 +399,15 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     if lengths["truncated_share"] > 0:
         print(f"[train] max_length {max_length} cuts {lengths['truncated_share']:.0%} of the training texts (longest: "
               f"{lengths['longest']} tokens); train.max_length: auto fits it to the data", flush=True)
+    lora_cfg = None
+    if cfg.train.lora:  # --- LoRA hook (pipeline/encoder_lora.py): adapters per language instead of full fine-tunes
+        from pipeline import encoder_lora
+
+        lora_sets, lora_labels, lora_skipped = encoder_lora.training_sets(cfg, triplets, join(out_dir, "data"))
+        skipped.update({f"{encoder_lora.MERGED_PREFIX}{a}": why for a, why in lora_skipped.items()})
+        if not cfg.train.lora.keep_full_finetune:
+            sets = {v: p for v, p in sets.items() if v == BASELINE}
+        cfg, lora_cfg = encoder_lora.without_lora(cfg), cfg  # the full fine-tunes below train every weight
     models_dir, variants = join(out_dir, "models"), {}
     for variant, path in sets.items():
         print(f"[train] {variant}: {pq.read_metadata(path).num_rows} triplets", flush=True)
@@ -402,8 +415,11 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
         export_sentence_transformer(encoder_path, state, cfg, join(models_dir, variant), {**details, "variant": variant},
                                     max_length)
         variants[variant] = details
+    if lora_cfg:  # --- LoRA hook: train, save and export the adapters (merged too), write their registry
+        variants.update(encoder_lora.train_adapters(lora_cfg, encoder_path, lora_sets, lora_labels, out_dir, max_length,
+                                                    train_encoder, export_sentence_transformer))
     return StageOutput(
-        outputs={"models": models_dir},
+        outputs={"models": models_dir, **({"lora": join(out_dir, "lora")} if lora_cfg else {})},
         counts={"models": len(variants), "triplets": sum(v["triplets"] for v in variants.values()),
                 "steps": sum(v["steps"] for v in variants.values())},
         details={"variants": variants, "skipped": skipped, "encoder": encoder_path, "lengths": lengths},

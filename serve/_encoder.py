@@ -10,6 +10,11 @@ One class serves both layouts of `build_app`:
 
 Either way the ingress names the model as the request's `multiplexed_model_id`, and a batch only ever holds
 requests for one model.
+
+A third layout serves LoRA adapters (`lora_base` set, `paths` then naming adapter folders): each replica loads the
+base encoder once, and "loading a model" means reading an adapter (a few MB, milliseconds) and checking that it was
+trained on that base (serve/_lora.py). Multiplexing then keeps the adapters a replica used most recently and routes
+requests to replicas that hold theirs, exactly as for whole models.
 """
 
 import asyncio
@@ -28,6 +33,10 @@ from serve._batching import Batcher
 
 class ModelLoadError(RuntimeError):
     """A model's folder could not be loaded in a replica (the ingress answers 503 and keeps serving the others)."""
+
+
+class AdapterMismatchError(ValueError):
+    """A LoRA adapter trained on another encoder than the replica's base (the ingress answers 400)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,8 @@ class Encoder:
     """Sentence-transformers models by name (`paths`); `__call__(texts)` embeds for the request's multiplexed model id."""
 
     def __init__(self, paths: dict[str, str], max_batch_size: int, batch_wait_timeout_s: float, max_models: int,
-                 truncate: bool, threads: int, concurrent_batches: int, backend: str, quantize: str, export_dir: str):
+                 truncate: bool, threads: int, concurrent_batches: int, backend: str, quantize: str, export_dir: str,
+                 lora_base: str | None = None):
         import torch
 
         # Ray workers are not limited to their CPU share: without this, torch starts one thread per core in every
@@ -118,7 +128,15 @@ class Encoder:
         self.threads, self.concurrent_batches = threads, concurrent_batches
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.loads = Counter()
-        self.preloaded = {name: self._load(name) for name in paths} if len(paths) == 1 else {}
+        self.load_seconds: dict[str, float] = {}  # the latest load of each model
+        self.lora = None
+        if lora_base is not None:  # serving adapters: the base once per replica (a bad base fails the deployment)
+            from serve._lora import LoraBase
+
+            self.lora = LoraBase.load(lora_base, self.device)
+            self.lora.backend.encode(["warm up"], batch_size=1)  # sets the tokenizer's state once (see _load)
+            self.lora_counter = token_counter(self.lora.backend.tokenizer)
+        self.preloaded = {name: self._load(name) for name in paths} if len(paths) == 1 and self.lora is None else {}
 
         async def model(name: str):  # a plain function: Ray's multiplexer keeps its cache on the function object
             return await self._model(name)
@@ -130,6 +148,8 @@ class Encoder:
 
     def _load(self, name: str) -> Loaded:
         self.loads[name] += 1
+        if self.lora is not None:
+            return self._load_adapter(name)
         try:
             # An exported backend is built on the replica's first start on a node, then read from export_dir.
             model = load(self.paths[name], self.backend, self.quantize, self.device, self.threads,
@@ -141,6 +161,17 @@ class Encoder:
         except Exception as err:  # noqa: BLE001 - whatever broke, the request for this model gets a 503 that says it
             raise ModelLoadError(f"model {name!r} could not be loaded from {self.paths[name]}: "
                                  f"{type(err).__name__}: {err}") from None
+
+    def _load_adapter(self, name: str) -> Loaded:
+        try:
+            adapted = self.lora.adapter(name, self.paths[name])
+        except AdapterMismatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - missing, truncated, unreadable: a 503 for this adapter only
+            raise ModelLoadError(f"adapter {name!r} could not be loaded from {self.paths[name]}: "
+                                 f"{type(err).__name__}: {err}") from None
+        self.load_seconds[name] = adapted.load_seconds
+        return Loaded(adapted, self.lora_counter)
 
     async def _model(self, name: str) -> Loaded:
         """The loaded model `name` (called through @serve.multiplexed, which caches what this returns)."""
@@ -204,4 +235,4 @@ class Encoder:
         it loaded each model (more than once: it was evicted in between)."""
         replica = serve.get_replica_context().replica_id.unique_id
         return {"replica": replica, "batches": self.batcher.batches, "largest_batch": self.batcher.largest_batch,
-                "loads": dict(self.loads)}
+                "loads": dict(self.loads), "load_seconds": dict(self.load_seconds)}

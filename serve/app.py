@@ -37,12 +37,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from serve._encoder import Encoder, ModelLoadError
+from pipeline import encoder_lora
+from serve._encoder import AdapterMismatchError, Encoder, ModelLoadError
 from serve._backends import check_installed
 from serve._openai import bad_ids, check_dimensions, embeddings_response, error, parse_inputs, too_long, truncate
 from serve.args import API_KEY_ENV, AppArgs
 
 MULTIPLEXED = "Encoders"  # the deployment's name when one deployment serves every model
+ADAPTERS = "Adapters"  # the deployment serving LoRA adapters on one base encoder (Adapters-2, ... for more bases)
 # The ingress only parses JSON and waits on encoders: many requests in flight cost it little and let the encoders
 # fill their batches (Serve's default of 5 capped batches at 5 requests however many clients were waiting).
 INGRESS_MAX_ONGOING = 1024
@@ -117,6 +119,8 @@ class Api:
             result = await self.route(model).remote(texts)
         except ModelLoadError as err:  # this model only: the others keep serving
             return error(503, str(err), code="model_not_available")
+        except AdapterMismatchError as err:  # never the base's (or another encoder's) vectors for an adapter
+            return error(400, str(err), param="model", code="adapter_base_mismatch")
         except Exception as err:  # noqa: BLE001 - an encoder failure is the server's, in OpenAI's shape
             return error(500, f"encoder {model!r} failed: {type(err).__name__}: {err}")
         if "too_long" in result:
@@ -147,33 +151,67 @@ def build_app(args: AppArgs) -> serve.Application:
             (nor in the local cache, offline); every such model named at once.
         ValueError: `api_key_env` names a variable that is unset or empty, or `backend`'s packages are not installed.
     """
-    hub = {name for name, source in args.models.items() if is_hub_model(source)}
+    adapters = {name: os.path.abspath(os.path.expanduser(source)) for name, source in args.models.items()
+                if encoder_lora.is_adapter_folder(source)}
+    plain = {name: source for name, source in args.models.items() if name not in adapters}
+    hub = {name for name, source in plain.items() if is_hub_model(source)}
     models = {name: source if name in hub else os.path.abspath(os.path.expanduser(source))
-              for name, source in args.models.items()}
+              for name, source in plain.items()}
     missing = [f"{name}: {path}" for name, path in models.items()
                if name not in hub and not os.path.isfile(os.path.join(path, "modules.json"))]
     unknown = [f"{name}: {models[name]} ({problem})" for name in sorted(hub) if (problem := hub_model_problem(models[name]))]
     problems = ([f"not a sentence-transformers folder (no modules.json): {'; '.join(missing)}"] if missing else []) + (
         [f"no such folder, nor a sentence-transformers model on the Hugging Face hub: {'; '.join(unknown)}"] if unknown else [])
+    bases, adapter_problems = adapter_bases(adapters, args)
+    problems += adapter_problems
     if problems:
         raise FileNotFoundError("; ".join(problems))
     check_installed(args.backend)
+    if adapters and (args.backend, args.quantize) != ("torch", "none"):
+        raise ValueError(f"LoRA adapters ({', '.join(sorted(adapters))}) are served with backend torch, quantize none "
+                         f"only; got backend {args.backend}, quantize {args.quantize}; serve the merged folders "
+                         "(train/models/lora-<id>) for an exported or int8 path")
     api_key = api_key_from_env(args.api_key_env)
-    # {deployment name: {model: folder}}: one deployment for all models, or one per model
-    groups = ({MULTIPLEXED: models} if len(models) > args.multiplex_above
-              else {f"Encoder-{name}": {name: path} for name, path in models.items()})
+    # {deployment name: ({model: folder}, LoRA base or None)}: one deployment for all models, or one per model, plus
+    # one per base encoder of the adapters
+    groups = ({MULTIPLEXED: (models, None)} if len(models) > args.multiplex_above
+              else {f"Encoder-{name}": ({name: path}, None) for name, path in models.items()})
+    for i, (base, names) in enumerate(sorted(bases.items())):
+        groups[ADAPTERS if i == 0 else f"{ADAPTERS}-{i + 1}"] = ({n: adapters[n] for n in names}, base)
     shares = len(groups) * args.num_replicas
     cpus = args.encoder_cpus or (10_000 // shares) / 10_000  # Ray counts in 1e-4 CPUs
     encoders = {}
-    for deployment, paths in groups.items():
+    for deployment, (paths, base) in groups.items():
         handle = Encoder.options(
             name=deployment, num_replicas=args.num_replicas,
             ray_actor_options={"num_cpus": cpus, **({"num_gpus": args.encoder_gpus} if args.encoder_gpus else {})},
             max_ongoing_requests=2 * args.max_batch_size * args.concurrent_batches,  # room to fill every batch
-        ).bind(paths, args.max_batch_size, args.batch_wait_timeout_s, args.max_models_per_replica, args.truncate,
-               args.torch_threads, args.concurrent_batches, args.backend, args.quantize, args.export_dir)
+        ).bind(paths, args.max_batch_size, args.batch_wait_timeout_s,
+               args.max_models_per_replica if base is None else args.max_adapters_per_replica, args.truncate,
+               args.torch_threads, args.concurrent_batches, args.backend, args.quantize, args.export_dir, base)
         encoders.update(dict.fromkeys(paths, handle))
     return Api.bind(encoders, args.max_inputs, sha256(api_key) if api_key else None)
+
+
+def adapter_bases(adapters: dict[str, str], args: AppArgs) -> tuple[dict[str, list[str]], list[str]]:
+    """({base encoder folder: [adapter names]}, problems): each adapter on `args.lora_base` or the base it names.
+
+    Checked before anything starts, cheaply (no tensor read): every adapter folder complete (a truncated weights file,
+    a missing record of its base), every base a sentence-transformers folder; each problem names the adapter."""
+    bases: dict[str, list[str]] = {}
+    problems = []
+    for name, folder in sorted(adapters.items()):
+        problem = encoder_lora.adapter_problem(folder)
+        if problem:
+            problems.append(f"LoRA adapter {name}: {folder}: {problem}")
+            continue
+        base = os.path.abspath(os.path.expanduser(args.lora_base)) if args.lora_base else encoder_lora.adapter_base(folder)
+        if not os.path.isfile(os.path.join(base, "modules.json")):
+            problems.append(f"LoRA adapter {name}: its base encoder {base} is not a sentence-transformers folder "
+                            "(no modules.json)")
+            continue
+        bases.setdefault(base, []).append(name)
+    return bases, problems
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`, as the hub writes ids
@@ -218,29 +256,36 @@ def api_key_from_env(name: str | None) -> str | None:
     return key or None
 
 
-def models_of_run(run_dir: str) -> dict[str, str]:
+def models_of_run(run_dir: str, adapters: bool = True) -> dict[str, str]:
     """{name: folder} of the encoders a run trained, or of one sentence-transformers folder; {id: id} for a hub id.
 
     One synthesis strategy: the encoder is named after the run directory. Several: `<run>-<strategy>` each.
     The non-synthetic baseline is a yardstick, not a product, and is not served. A source that is no local path but
     is written like a hub model id (`org/name`) is served under that id; build_app checks that the hub has it.
+
+    A run trained with train.lora: each adapter as `<run>/<id>` (`<run>/yor`; served on the run's base encoder), in
+    place of its merged copy (models/lora-<id>), unless `adapters` is false (evaluation wants the merged folders).
+    An adapter folder by itself is served under its folder's name.
     """
     root = os.path.abspath(os.path.expanduser(run_dir))
     name = os.path.basename(root)
-    if os.path.isfile(os.path.join(root, "modules.json")):
+    if os.path.isfile(os.path.join(root, "modules.json")) or (adapters and encoder_lora.is_adapter_folder(root)):
         return {name: root}
     if is_hub_model(run_dir):
         return {run_dir: run_dir}
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{run_dir}: no such directory (expected a run directory, a sentence-transformers "
                                 "folder or a hub model id)")
+    lora = encoder_lora.run_adapters(root) if adapters else None
+    served_lora = {f"{name}/{adapter}": folder for adapter, folder in (lora[1] if lora else {}).items()}
     models_dir = os.path.join(root, "train", "models")
     trained = sorted(v for v in (os.listdir(models_dir) if os.path.isdir(models_dir) else [])
-                     if v != "human_nli" and os.path.isfile(os.path.join(models_dir, v, "modules.json")))
+                     if v != "human_nli" and not (lora and v.startswith(encoder_lora.MERGED_PREFIX))
+                     and os.path.isfile(os.path.join(models_dir, v, "modules.json")))
     if len(trained) == 1:
-        return {name: os.path.join(models_dir, trained[0])}
-    if trained:
-        return {f"{name}-{v}": os.path.join(models_dir, v) for v in trained}
+        return {name: os.path.join(models_dir, trained[0]), **served_lora}
+    if trained or served_lora:
+        return {**{f"{name}-{v}": os.path.join(models_dir, v) for v in trained}, **served_lora}
     raise FileNotFoundError(
         f"{run_dir}: neither a run directory with a trained model (nothing in {models_dir}/*/modules.json) nor a "
         "sentence-transformers folder (no modules.json); train one with `bootembed run CONFIG` first"

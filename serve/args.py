@@ -16,9 +16,10 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[str, str] = Field(
-        min_length=1, description="The served encoders, {name clients send as `model`: sentence-transformers folder, or "
-        "a Hugging Face hub model id}; relative folders are resolved against the working directory of the process "
-        "that builds the app.")
+        min_length=1, description="The served encoders, {name clients send as `model`: sentence-transformers folder, "
+        "a Hugging Face hub model id, or a LoRA adapter folder of a run trained with train.lora (served on its base "
+        "encoder, one deployment for all adapters of a base)}; relative folders are resolved against the working "
+        "directory of the process that builds the app.")
     max_batch_size: int = Field(32, ge=1, description="Most requests one encoder replica encodes as one batch.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="Seconds a batch waits to fill up once its first "
                                         "request arrived.")
@@ -41,6 +42,12 @@ class AppArgs(BaseModel):
                                  "0 always multiplexes.")
     max_models_per_replica: int = Field(4, ge=1, description="Models one replica of the multiplexed deployment keeps "
                                         "loaded; the least recently used is dropped to load another.")
+    max_adapters_per_replica: int = Field(128, ge=1, description="LoRA adapters one replica keeps loaded (a few MB "
+                                          "each, loaded in milliseconds on first use); the least recently used is "
+                                          "dropped to load another.")
+    lora_base: str | None = Field(None, description="Serve every LoRA adapter among `models` on this base encoder "
+                                  "(a sentence-transformers folder) instead of the one each adapter names; an adapter "
+                                  "trained on another encoder is then answered with a 400.")
     max_inputs: int = Field(2048, ge=1, description="Most texts in one request (413 beyond), as in OpenAI's API.")
     truncate: bool = Field(True, description="Texts longer than the model reads (its max_seq_length) are truncated; "
                            "false refuses them with a 400 that names them.")

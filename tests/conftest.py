@@ -163,3 +163,43 @@ def make_config(tmp_path, cache_dir):
         return validate_config(data)
 
     return make
+
+
+def random_encoder_adapter(base: str, path: str, seed: int, rank: int = 4, alpha: int = 8, lora_b_std: float = 0.3,
+                           trained_on: str | None = None) -> str:
+    """A servable LoRA adapter on every linear layer of the sentence-transformers encoder `base`, random non-zero
+    weights (B ~ N(0, lora_b_std)), saved at `path` in peft's format with bootembed's record of its base.
+
+    trained_on: the encoder whose weights' hash the record gives (default `base`): another one makes an adapter that
+    claims `base` as its folder but was "trained" on something else."""
+    import json
+
+    import torch
+    from peft import get_peft_model
+
+    from pipeline import encoder_lora
+    from pipeline.train import load_encoder
+
+    torch.manual_seed(seed)
+    _, model = load_encoder(base, freeze_embeddings=False)
+    lora = {"rank": rank, "alpha": alpha, "dropout": 0.0, "target_modules": "all-linear"}
+    peft_model = get_peft_model(model, encoder_lora.peft_config(lora))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0.0, lora_b_std)
+    peft_model.save_pretrained(path)
+    meta = {"id": os.path.basename(path), "base": os.path.relpath(base, path), "lora": lora,
+            "base_sha256": encoder_lora.encoder_sha256(trained_on or base)}
+    Path(path, encoder_lora.META).write_text(json.dumps(meta))
+    return path
+
+
+def merged_encoder(base: str, adapter: str, path: str) -> str:
+    """`adapter` merged into the sentence-transformers encoder `base` by peft (merge_and_unload), saved at `path`."""
+    from peft import PeftModel
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(base, device="cpu")
+    model[0].auto_model = PeftModel.from_pretrained(model[0].auto_model, adapter).merge_and_unload()
+    model.save(path)
+    return path

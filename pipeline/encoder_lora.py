@@ -1,0 +1,319 @@
+"""LoRA adapters on the encoder (`train.lora`): wrap, save, merge, register, and read them back for serving.
+
+The train stage (pipeline/train.py) calls in here at two points: `wrap` on every Ray Train worker right after the
+encoder is loaded (only the LoRA weights then train), and `train_adapters` after the full fine-tunes, which trains one
+adapter per language (or per language and strategy) and writes, under the stage's folder:
+
+    lora/base/                 the untrained encoder as a sentence-transformers folder with the run's pooling and prompt:
+                               the base every adapter is served on
+    lora/<id>/                 peft's adapter folder (adapter_config.json, adapter_model.safetensors; a few MB) plus
+                               bootembed_lora.json (language, strategy, base weights' SHA-256, data digest, steps)
+    lora/registry.json         every adapter, its base and its provenance
+    models/lora-<id>/          the adapter merged into the encoder (peft's merge_and_unload): a plain
+                               sentence-transformers folder, scored by the evaluate stage like any other model
+
+`<id>` is the language (`yor`), or `<lang>-<strategy>` with `per: language_strategy`.
+
+The base is identified by the SHA-256 of its weights (not of its files): the same encoder saved by transformers or by
+sentence-transformers, with or without BERT's unused pooler, hashes the same, and a server can check that the
+encoder it holds is the one an adapter was trained on before answering with it.
+
+No torch, peft or Ray at import time: the Serve app and the CLI import this module to find and check adapters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+LORA_DIR = "lora"  # under the train stage's folder
+BASE_DIR = "base"
+REGISTRY = "registry.json"
+META = "bootembed_lora.json"  # bootembed's record in each adapter folder (peft's own files stay untouched)
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MERGED_PREFIX = "lora-"  # merged folders: models/lora-<id>
+# What the server applies (serve/_lora.py): plain LoRA on Linear layers. peft options beyond that would change the
+# maths, so an adapter using one is refused rather than served with other vectors than its merged model's.
+UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {},
+               "modules_to_save": None}
+
+
+class AdapterError(ValueError):
+    """An adapter folder that cannot be served: missing, truncated, unreadable or using an unsupported peft option."""
+
+
+# ---------------------------------------------------------------- base identity
+
+
+def weights_sha256(model) -> str:
+    """SHA-256 over a torch module's weights (name, dtype, shape, bytes; in name order).
+
+    BERT's pooler is left out: sentence-transformers never uses it, and a folder saved without it (as the train stage
+    does, for DDP) loads with a random one in some libraries.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("pooler."):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def encoder_sha256(path: str) -> str:
+    """The weights' SHA-256 of the Hugging Face encoder (or sentence-transformers folder's transformer) at `path`."""
+    from pipeline.train import load_encoder
+
+    _, model = load_encoder(path, freeze_embeddings=False)
+    return weights_sha256(model)
+
+
+# ---------------------------------------------------------------- training
+
+
+def peft_config(lora: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora["target_modules"], bias="none")
+
+
+def wrap(model, lora: dict):
+    """`model` (a transformers encoder) with a fresh LoRA on `lora["target_modules"]`; only the LoRA weights train.
+
+    lora: train.lora as a dict (what reaches Ray Train workers)."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(lora))
+
+
+def without_lora(cfg):
+    """`cfg` with train.lora unset: what the stage's full fine-tunes train with (train.lora.keep_full_finetune)."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"lora": None})})
+
+
+def adapter_ids(cfg, table) -> dict[str, tuple[str, str | None]]:
+    """{adapter id: (language, strategy or None)} for the triplets in `table` (columns lang, strategy)."""
+    langs = table.column("lang").to_pylist()
+    strategies = table.column("strategy").to_pylist() if "strategy" in table.column_names else ["icl"] * len(langs)
+    if cfg.train.lora.per == "language":
+        return {lang: (lang, None) for lang in sorted(set(langs))}
+    return {f"{lang}-{s}": (lang, s) for lang, s in sorted(set(zip(langs, strategies)))}
+
+
+def training_sets(cfg, triplets_path: str, data_dir: str) -> tuple[dict[str, str], dict[str, tuple[str, str | None]],
+                                                                   dict[str, str]]:
+    """({adapter id: triplet file}, {adapter id: (language, strategy)}, {adapter id: why it is not trained}).
+
+    Only the configured strategies' triplets are used (the human_nli baseline is no language's data)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import join
+
+    table = pq.read_table(triplets_path)
+    if "lang" not in table.column_names:
+        raise ValueError(f"train.lora: {triplets_path} has no `lang` column, so adapters per language cannot be "
+                         f"trained (it has {table.column_names}); unset train.lora or rerun the filter stage")
+    if "strategy" in table.column_names:
+        table = table.filter(pc.is_in(table["strategy"], value_set=pa.array(cfg.synthesis.strategies)))
+    ids = adapter_ids(cfg, table)
+    os.makedirs(data_dir, exist_ok=True)
+    sets, skipped = {}, {}
+    for adapter, (lang, strategy) in ids.items():
+        mask = pc.equal(table["lang"], lang)
+        if strategy is not None:
+            mask = pc.and_(mask, pc.equal(table["strategy"], strategy))
+        subset = table.filter(mask)
+        if subset.num_rows < 2:
+            skipped[adapter] = f"{subset.num_rows} triplet(s); at least 2 are needed"
+            continue
+        sets[adapter] = join(data_dir, f"{MERGED_PREFIX}{adapter}.parquet")
+        pq.write_table(subset, sets[adapter])
+    return sets, {a: ids[a] for a in sets}, skipped
+
+
+def save_adapter(encoder_path: str, state_dict: dict, lora: dict, folder: str, meta: dict) -> dict:
+    """Save the LoRA part of a trained peft model's `state_dict` as peft's adapter folder plus META; return the merged
+    encoder's state dict (peft's merge_and_unload), ready for the sentence-transformers export."""
+    from pipeline.train import load_encoder
+
+    _, model = load_encoder(encoder_path, freeze_embeddings=False)
+    peft_model = wrap(model, lora)
+    peft_model.load_state_dict(state_dict)
+    peft_model.save_pretrained(folder)
+    Path(folder, META).write_text(json.dumps(meta, indent=2) + "\n")
+    return peft_model.merge_and_unload().state_dict()
+
+
+def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[str, tuple[str, str | None]],
+                   out_dir: str, max_length: int, train_encoder: Callable, export: Callable) -> dict[str, dict]:
+    """Train one adapter per set (one Ray Train run each, through the stage's `train_encoder`), save it, export it merged
+    (through the stage's `export`), export the serving base once, and write the registry. Returns {variant: details}."""
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import join
+    from pipeline.train import triplets_digest
+
+    lora_dir = join(out_dir, LORA_DIR)
+    os.makedirs(lora_dir, exist_ok=True)
+    lora = cfg.train.lora.model_dump(mode="json")
+    # The untouched encoder with the run's pooling, prompt and length: what the server applies adapters to.
+    export(encoder_path, None, cfg, join(lora_dir, BASE_DIR), {"variant": "lora base (untrained)"}, max_length)
+    base_sha = encoder_sha256(encoder_path)
+    entries, variants = [], {}
+    for adapter, path in sets.items():
+        lang, strategy = labels[adapter]
+        variant = f"{MERGED_PREFIX}{adapter}"
+        print(f"[train] LoRA {adapter}: {pq.read_metadata(path).num_rows} triplets", flush=True)
+        state, details = train_encoder(cfg, encoder_path, path, out_dir, variant, max_length)
+        meta = {"id": adapter, "language": lang, "strategy": strategy, "base": f"../{BASE_DIR}",
+                "base_sha256": base_sha, "encoder": cfg.train.encoder, "data_sha256": triplets_digest(path),
+                "triplets": details["triplets"], "steps": details["steps"], "final_loss": details["final_loss"],
+                "lora": lora, "metrics": {}}
+        merged = save_adapter(encoder_path, state, lora, join(lora_dir, adapter), meta)
+        export(encoder_path, merged, cfg, join(out_dir, "models", variant), {**details, "variant": variant}, max_length)
+        entries.append({**meta, "folder": adapter, "merged": f"../models/{variant}"})
+        variants[variant] = {**details, "adapter": adapter, "language": lang, "strategy": strategy}
+    write_registry(lora_dir, {"base": BASE_DIR, "base_sha256": base_sha, "encoder": cfg.train.encoder,
+                              "encoder_path": encoder_path, "adapters": entries})
+    return variants
+
+
+# ---------------------------------------------------------------- registry
+
+
+def write_registry(lora_dir: str, registry: dict) -> None:
+    Path(lora_dir, REGISTRY).write_text(json.dumps(registry, indent=2) + "\n")
+
+
+def read_registry(lora_dir: str) -> dict:
+    """The registry of a run's `train/lora/` folder.
+
+    Raises:
+        AdapterError: the file is missing or not the registry's JSON."""
+    path = Path(lora_dir, REGISTRY)
+    try:
+        registry = json.loads(path.read_text())
+        registry["adapters"], registry["base"]  # noqa: B018 - the two keys everything else needs
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AdapterError(f"{path}: not a LoRA registry ({type(err).__name__}: {err}); retrain with train.lora set") from None
+    return registry
+
+
+# ---------------------------------------------------------------- checks and reading, for serving
+
+
+def is_adapter_folder(folder: str) -> bool:
+    return os.path.isfile(os.path.join(os.path.expanduser(folder), ADAPTER_CONFIG))
+
+
+def adapter_meta(folder: str) -> dict:
+    """bootembed's record of an adapter (META).
+
+    Raises:
+        AdapterError: no META, or it is not JSON with a base_sha256."""
+    path = Path(os.path.expanduser(folder), META)
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta.get("base_sha256"), str):
+            raise ValueError("no base_sha256")
+    except (OSError, ValueError, AttributeError) as err:
+        raise AdapterError(f"{path}: {type(err).__name__}: {err}; without it nobody can tell which encoder the adapter "
+                           "was trained on, so it is not served (bootembed's train stage writes it)") from None
+    return meta
+
+
+def adapter_base(folder: str) -> str:
+    """The base encoder folder an adapter names (META's `base`, relative to the adapter folder)."""
+    folder = os.path.abspath(os.path.expanduser(folder))
+    return os.path.normpath(os.path.join(folder, adapter_meta(folder).get("base", f"../{BASE_DIR}")))
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is unreadable or truncated (its header names more bytes than it holds), or None."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > size - 8:
+                return f"header of {length} bytes in a file of {size}"
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + length + end != size:
+        return f"truncated or padded: its header describes {8 + length + end} bytes, the file has {size}"
+    return None
+
+
+def adapter_problem(folder: str) -> str | None:
+    """Why the adapter folder cannot be served (missing, truncated, unsupported), or None; cheap: no tensor is read."""
+    root = Path(os.path.expanduser(folder))
+    if not root.is_dir():
+        return "no such folder"
+    try:
+        config = json.loads((root / ADAPTER_CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        return f"{ADAPTER_CONFIG}: {type(err).__name__}: {err}"
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        return f"{ADAPTER_CONFIG}: peft_type {config.get('peft_type')!r}, only LORA is served"
+    used = [k for k, off in UNSUPPORTED.items() if config.get(k) not in (off, None, {}, [])]
+    if used or config.get("bias", "none") != "none":
+        return f"{ADAPTER_CONFIG}: uses {', '.join(used + (['bias'] if config.get('bias', 'none') != 'none' else []))}, " \
+               "which the server does not apply; train with plain LoRA"
+    weights = root / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return f"no {ADAPTER_WEIGHTS}"
+    problem = safetensors_problem(weights)
+    if problem:
+        return f"{ADAPTER_WEIGHTS}: {problem}"
+    try:
+        adapter_meta(root)
+    except AdapterError as err:
+        return str(err)
+    return None
+
+
+def read_adapter(folder: str) -> tuple[dict, dict[str, tuple]]:
+    """(META, {module path in the encoder: (A [r, in], B [out, r], scale)}) of a peft LoRA adapter folder.
+
+    Raises:
+        AdapterError: the folder is missing, truncated or uses a peft option the server does not apply."""
+    import torch
+    from safetensors.torch import load_file
+
+    problem = adapter_problem(folder)
+    if problem:
+        raise AdapterError(f"adapter {folder}: {problem}")
+    root = Path(os.path.expanduser(folder))
+    config = json.loads((root / ADAPTER_CONFIG).read_text())
+    tensors = load_file(root / ADAPTER_WEIGHTS)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        # peft writes base_model.model.<module>.lora_A.weight (its adapter name left out)
+        module, _, part = key.removeprefix("base_model.model.").rpartition(".lora_")
+        pairs.setdefault(module, {})[part.removesuffix(".weight")] = tensor.float()
+    if not pairs or any(set(p) != {"A", "B"} for p in pairs.values()):
+        raise AdapterError(f"adapter {folder}: {ADAPTER_WEIGHTS} holds no lora_A / lora_B pairs")
+    scale = float(config["lora_alpha"]) / float(config["r"])
+    return adapter_meta(root), {m: (p["A"], p["B"], scale) for m, p in pairs.items()}
+
+
+def run_adapters(run_dir: str) -> tuple[str, dict[str, str]] | None:
+    """(base folder, {adapter id: folder}) of a run trained with train.lora, or None when it has no registry."""
+    lora_dir = os.path.join(os.path.abspath(os.path.expanduser(run_dir)), "train", LORA_DIR)
+    if not os.path.isfile(os.path.join(lora_dir, REGISTRY)):
+        return None
+    registry = read_registry(lora_dir)
+    return (os.path.join(lora_dir, registry["base"]),
+            {a["id"]: os.path.join(lora_dir, a["folder"]) for a in registry["adapters"]})
