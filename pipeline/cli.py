@@ -278,6 +278,8 @@ def serve(
         = _APP["multiplex_above"].default,
     max_models_per_replica: Annotated[int, typer.Option(help=_APP["max_models_per_replica"].description, min=1)]
         = _APP["max_models_per_replica"].default,
+    max_adapters_per_replica: Annotated[int, typer.Option(help=_APP["max_adapters_per_replica"].description, min=1)]
+        = _APP["max_adapters_per_replica"].default,
     truncate: Annotated[bool, typer.Option(help=_APP["truncate"].description)] = _APP["truncate"].default,
     backend: Annotated[str, typer.Option(help=_APP["backend"].description + " One of torch, onnx, openvino.")]
         = _APP["backend"].default,
@@ -312,6 +314,7 @@ def serve(
         args = AppArgs(models=models, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
                        num_replicas=num_replicas, encoder_gpus=encoder_gpus, multiplex_above=multiplex_above,
                        max_models_per_replica=max_models_per_replica, truncate=truncate, backend=backend,
+                       max_adapters_per_replica=max_adapters_per_replica,
                        quantize=quantize, export_dir=export_dir, api_key_env=api_key_env)
     except ValidationError as err:  # e.g. --backend onnx with --encoder-gpus 1: said before Ray starts
         fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" if e["loc"] else

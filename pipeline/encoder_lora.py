@@ -204,7 +204,8 @@ def read_registry(lora_dir: str) -> dict:
     path = Path(lora_dir, REGISTRY)
     try:
         registry = json.loads(path.read_text())
-        registry["adapters"], registry["base"]  # noqa: B018 - the two keys everything else needs
+        if not isinstance(registry["adapters"], list) or not isinstance(registry["base"], str):
+            raise TypeError("`adapters` must be a list and `base` a folder name")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise AdapterError(f"{path}: not a LoRA registry ({type(err).__name__}: {err}); retrain with train.lora set") from None
     return registry
@@ -226,8 +227,8 @@ def adapter_meta(folder: str) -> dict:
     try:
         meta = json.loads(path.read_text())
         if not isinstance(meta.get("base_sha256"), str):
-            raise ValueError("no base_sha256")
-    except (OSError, ValueError, AttributeError) as err:
+            raise KeyError("base_sha256")
+    except (OSError, ValueError, AttributeError, KeyError) as err:
         raise AdapterError(f"{path}: {type(err).__name__}: {err}; without it nobody can tell which encoder the adapter "
                            "was trained on, so it is not served (bootembed's train stage writes it)") from None
     return meta

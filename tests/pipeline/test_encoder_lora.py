@@ -131,6 +131,7 @@ def test_adapter_problems_name_what_is_wrong(tmp_path, tiny_encoder):
     (folder / encoder_lora.META).write_text(json.dumps({"base_sha256": "x"}))
     assert encoder_lora.adapter_problem(str(folder)) is None
     meta, weights = encoder_lora.read_adapter(str(folder))
+    assert meta == {"base_sha256": "x"}
     assert sorted(weights) == ["encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.query"]
     a, b, scale = weights["encoder.layer.0.attention.self.query"]
     assert (tuple(a.shape), tuple(b.shape), scale) == ((2, 32), (32, 2), 2.0)
