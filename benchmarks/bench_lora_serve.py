@@ -62,12 +62,13 @@ def make_adapters(base: str, root: Path, count: int, rank: int) -> dict[str, str
     from pipeline.train import load_encoder
 
     _, model = load_encoder(base, freeze_embeddings=False)
+    base_sha256 = encoder_lora.weights_sha256(model)  # before peft wraps the model's layers in place
     lora = {"rank": rank, "alpha": 2 * rank, "dropout": 0.0, "target_modules": "all-linear"}
     template = root / "template"
     get_peft_model(model, encoder_lora.peft_config(lora)).save_pretrained(template)
     shapes = {k: v.shape for k, v in load_file(template / encoder_lora.ADAPTER_WEIGHTS).items()}
     config = (template / encoder_lora.ADAPTER_CONFIG).read_text()
-    meta = {"base": base, "base_sha256": encoder_lora.weights_sha256(model), "lora": lora}
+    meta = {"base": base, "base_sha256": base_sha256, "lora": lora}
     generator = torch.Generator().manual_seed(0)
     folders = {}
     for i in range(count):
@@ -132,18 +133,26 @@ async def drive(url: str, names: list[str], clients: int, texts_per_request: int
     return turn
 
 
-def replica_rss_mb() -> dict[str, float]:
-    """{deployment: RSS in MB of its replica process}."""
+def replica_rss_mb(app: str) -> dict[str, float]:
+    """{deployment: RSS in MB of its replica process} (each deployment has one replica here)."""
     import psutil
-    from ray.util.state import list_actors
+    from ray import serve
 
-    rss = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        name = actor.get("name") or ""
-        for deployment in ("Adapters", "Encoder-merged"):
-            if f"#{deployment}#" in name or name.endswith(deployment) or f":{deployment}#" in name:
-                rss[deployment] = psutil.Process(actor["pid"]).memory_info().rss / 2**20
-    return rss
+    return {d: psutil.Process(serve.get_deployment_handle(d, app_name=app).stats.remote().result(timeout_s=60)["pid"])
+            .memory_info().rss / 2**20 for d in ("Adapters", "Encoder-merged")}
+
+
+def post(url: str, body: dict) -> dict:
+    """The JSON answer of one request; a non-200 answer stops the benchmark with its error body."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        raise SystemExit(f"{body['model']}: HTTP {err.code}: {err.read().decode()[-700:]}") from None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -192,17 +201,12 @@ def main() -> None:
             handle = serve.get_deployment_handle(ADAPTERS, app_name="bench")
 
             # Warm-up: every adapter in use loaded once (load times), and 5 checked against peft's merged model
-            import urllib.request
-
             for name in in_use:
-                body = json.dumps({"model": name, "input": ["warm up"]}).encode()
-                urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=120).read()
+                post(url, {"model": name, "input": ["warm up"]})
             checks = ["The river is near the school.", "market day in the village"]
             for name in in_use[:5]:
                 reference = SentenceTransformer(merged(base, adapters[name], Path(tmp) / f"check-{name[-4:]}"), device="cpu")
-                body = json.dumps({"model": name, "input": checks}).encode()
-                answer = json.loads(urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),
-                                                           timeout=120).read())
+                answer = post(url, {"model": name, "input": checks})
                 got = np.array([d["embedding"] for d in answer["data"]])
                 cosine = np.sum(got * reference.encode(checks, normalize_embeddings=True), axis=1).min()
                 assert cosine >= 0.9999, (name, cosine)
@@ -215,7 +219,7 @@ def main() -> None:
                     names = ["merged"] if kind == "merged" else in_use
                     results[kind].add(asyncio.run(drive(url, names, args.clients, args.texts, args.seconds, seed=r + 1)))
                     print(f"round {r + 1} {kind}: {results[kind].texts} texts so far", flush=True)
-            rss = replica_rss_mb()
+            rss = replica_rss_mb("bench")
             reloads = sum(n - 1 for n in handle.stats.remote().result(timeout_s=60)["loads"].values())
         finally:
             serve.shutdown()

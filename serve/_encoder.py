@@ -19,6 +19,7 @@ requests to replicas that hold theirs, exactly as for whole models.
 
 import asyncio
 import copy
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -235,4 +236,4 @@ class Encoder:
         it loaded each model (more than once: it was evicted in between)."""
         replica = serve.get_replica_context().replica_id.unique_id
         return {"replica": replica, "batches": self.batcher.batches, "largest_batch": self.batcher.largest_batch,
-                "loads": dict(self.loads), "load_seconds": dict(self.load_seconds)}
+                "loads": dict(self.loads), "load_seconds": dict(self.load_seconds), "pid": os.getpid()}

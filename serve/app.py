@@ -118,9 +118,9 @@ class Api:
                     return too_big
             result = await self.route(model).remote(texts)
         except ModelLoadError as err:  # this model only: the others keep serving
-            return error(503, str(err), code="model_not_available")
+            return error(503, replica_message(err), code="model_not_available")
         except AdapterMismatchError as err:  # never the base's (or another encoder's) vectors for an adapter
-            return error(400, str(err), param="model", code="adapter_base_mismatch")
+            return error(400, replica_message(err), param="model", code="adapter_base_mismatch")
         except Exception as err:  # noqa: BLE001 - an encoder failure is the server's, in OpenAI's shape
             return error(500, f"encoder {model!r} failed: {type(err).__name__}: {err}")
         if "too_long" in result:
@@ -140,6 +140,12 @@ class Api:
     @api.get("/healthz")
     async def healthz(self):
         return {"status": "ok", "models": self.models}
+
+
+def replica_message(err: Exception) -> str:
+    """The message of an exception a replica raised: Ray re-raises it wrapped, and the wrapper's str() is Ray's
+    traceback, which a client should not get (it names the server's files)."""
+    return str(getattr(err, "cause", None) or err)
 
 
 def build_app(args: AppArgs) -> serve.Application:
