@@ -144,7 +144,11 @@ class Encoder:
 
         # Built per replica rather than as a decorator, so that its cache size comes from the app's arguments.
         self.model = serve.multiplexed(max_num_models_per_replica=max_models)(model)
-        self.batcher = Batcher(self._embed_batch, max_batch_size, batch_wait_timeout_s, concurrent_batches, size=len)
+        # Adapters: one queue for all of them, each item (adapter, inputs): a batch mixes adapters and computes them in
+        # one pass (serve/_lora.py), as large as a single model's batch would be; whole models: a queue per model.
+        self.batcher = (Batcher(self._embed_adapter_batch, max_batch_size, batch_wait_timeout_s, concurrent_batches,
+                                size=lambda item: len(item[1])) if self.lora is not None else
+                        Batcher(self._embed_batch, max_batch_size, batch_wait_timeout_s, concurrent_batches, size=len))
         self.metrics = EncoderMetrics()
 
     def _load(self, name: str) -> Loaded:
@@ -191,8 +195,31 @@ class Encoder:
         self.metrics.record(name, results)
         return results
 
-    def _encode_requests(self, loaded: Loaded, requests: list[list[str] | list[list[int]]]) -> list[dict]:
-        """Each request is texts or token id sequences (the model's own ids, read as given; see _openai.py)."""
+    async def _embed_adapter_batch(self, _key: str, items: list[tuple[str, list]]) -> list[dict]:
+        """_embed_batch for requests of many adapters at once: one result per (adapter, inputs), {"error": exception}
+        for a request whose adapter cannot be served (only those requests fail: the others are encoded)."""
+        from serve._lora import MixedAdapters
+
+        adapters, errors = {}, {}
+        for name in dict.fromkeys(name for name, _ in items):
+            try:
+                adapters[name] = (await self.model(name)).model
+            except (ModelLoadError, AdapterMismatchError) as err:
+                errors[name] = err
+        served = [(name, inputs) for name, inputs in items if name in adapters]
+        loaded = Loaded(MixedAdapters(self.lora.backend, adapters), self.lora_counter)
+        encoded = iter(await asyncio.to_thread(self._encode_requests, loaded, [inputs for _, inputs in served],
+                                               [name for name, _ in served]) if served else ())
+        results = [{"error": errors[name]} if name in errors else next(encoded) for name, _ in items]
+        for name in adapters:
+            self.metrics.record(name, [r for (n, _), r in zip(items, results, strict=True) if n == name])
+        return results
+
+    def _encode_requests(self, loaded: Loaded, requests: list[list[str] | list[list[int]]],
+                         owners: list[str] | None = None) -> list[dict]:
+        """Each request is texts or token id sequences (the model's own ids, read as given; see _openai.py).
+
+        owners: each request's adapter, when `loaded` is a MixedAdapters batch."""
         model = loaded.model
         limit = model.max_seq_length
         vocabulary = len(model.tokenizer)
@@ -217,15 +244,26 @@ class Encoder:
         texts = [t for _, inputs in accepted if isinstance(inputs[0], str) for t in inputs]
         ids = [s[:limit] for _, inputs in accepted if not isinstance(inputs[0], str) for s in inputs]
         batch = forward_batch_size(len(texts) + len(ids), self.device)
-        from_texts = iter(model.encode(texts, batch_size=batch) if texts else ())
-        from_ids = iter(model.encode_ids(ids, batch_size=batch) if ids else ())
+        if owners is not None:  # each input's adapter, in the order of `texts` and `ids`
+            owner_of = {id(result): owner for result, owner in zip(results, owners, strict=True)}
+            per_text = {"owners": [owner_of[id(r)] for r, inputs in accepted if isinstance(inputs[0], str) for _ in inputs]}
+            per_ids = {"owners": [owner_of[id(r)] for r, inputs in accepted if not isinstance(inputs[0], str) for _ in inputs]}
+        else:
+            per_text = per_ids = {}
+        from_texts = iter(model.encode(texts, batch_size=batch, **per_text) if texts else ())
+        from_ids = iter(model.encode_ids(ids, batch_size=batch, **per_ids) if ids else ())
         for result, inputs in accepted:
             rows = from_texts if isinstance(inputs[0], str) else from_ids
             result["vectors"] = np.stack([next(rows) for _ in inputs]).astype(np.float32)
         return results
 
     async def __call__(self, inputs: list[str] | list[list[int]]) -> dict:
-        return await self.batcher.submit(serve.get_multiplexed_model_id(), inputs)
+        if self.lora is None:
+            return await self.batcher.submit(serve.get_multiplexed_model_id(), inputs)
+        result = await self.batcher.submit("adapters", (serve.get_multiplexed_model_id(), inputs))
+        if "error" in result:
+            raise result["error"]
+        return result
 
     async def dimension(self) -> int:
         loaded = await self.model(serve.get_multiplexed_model_id())

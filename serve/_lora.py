@@ -1,9 +1,12 @@
 """Many LoRA adapters on one base encoder in a replica: each batch computes with its own adapter, side by side.
 
-The replica loads the base encoder once and puts a switch around each of its Linear layers. A batch runs with one
-adapter active in its own context (a contextvar, so each encoding thread sees only its own): a switch adds its
-layer's low-rank update, scale * B(A(x)), when the active adapter has one, and is the plain layer otherwise. Nothing
-on the model changes per batch, so `concurrent_batches` batches of different adapters compute at the same time.
+The replica loads the base encoder once and puts a switch around each of its Linear layers. A batch runs with its
+adapters active in its own context (a contextvar, so each encoding thread sees only its own): a switch adds its
+layer's low-rank update, scale * B(A(x)), for each row whose adapter has one, and is the plain layer otherwise.
+A batch mixes requests of many adapters (so it is as large as one model's batch would be: with 100 adapters in use
+and a batch per adapter, batches held one request each), and one forward pass computes all of them: each layer
+gathers its rows' A and B and applies them with two batched matmuls. Nothing on the model changes per batch, so
+`concurrent_batches` batches compute at the same time.
 peft's own multi-adapter paths (`set_adapter`, or `adapter_names=` forward hooks) change state on the shared modules
 while a forward runs, which two threads would overwrite for each other; its saved adapters are read here
 (pipeline/encoder_lora.read_adapter), and the tests check every adapter's vectors against peft's merged model.
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline import encoder_lora
-from serve._backends import Backend
+from serve._backends import Backend, default_prompt, normalise, padded
 from serve._encoder import AdapterMismatchError
 
 ACTIVE: contextvars.ContextVar[Active | None] = contextvars.ContextVar("bootembed_active_adapter", default=None)
@@ -31,14 +34,51 @@ ACTIVE: contextvars.ContextVar[Active | None] = contextvars.ContextVar("bootembe
 
 @dataclass
 class Active:
-    """The adapter of the batch being encoded in this context, and how many layer updates it applied so far."""
+    """The adapters of the batch being encoded in this context, and how many layer updates they applied so far.
 
-    updates: dict[str, tuple[torch.Tensor, torch.Tensor]]  # {module path: (A [r, in], scale * B [out, r])}
+    One adapter: every row gets it. Several (a mixed batch): `rows` gives each row's adapter (an index into
+    `adapters`) for the forward pass running now, and each layer gathers its rows' A and B from stacks built once per
+    batch, so one pass computes every adapter's rows (two batched matmuls per layer, no loop over adapters).
+    """
+
+    adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]  # each: {module path: (A [r, in], scale * B [out, r])}
+    rows: torch.Tensor | None = None  # [n] adapter index of each row of the current pass (mixed batches)
     applied: int = 0
+    stacks: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
+
+    def stack(self, path: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A [k, r, in], B [k, out, r]) of layer `path` over the batch's k adapters, ranks zero-padded to the
+        largest (a zero row of A and column of B add nothing); None when no adapter changes this layer."""
+        if path not in self.stacks:
+            updates = [u.get(path) for u in self.adapters]
+            present = [u for u in updates if u is not None]
+            if not present:
+                self.stacks[path] = None
+            else:
+                rank = max(a.shape[0] for a, _ in present)
+                a0, b0 = present[0]
+                a_stack = a0.new_zeros((len(updates), rank, a0.shape[1]))
+                b_stack = b0.new_zeros((len(updates), b0.shape[0], rank))
+                for k, update in enumerate(updates):
+                    if update is not None:
+                        a_stack[k, : update[0].shape[0]] = update[0]
+                        b_stack[k, :, : update[1].shape[1]] = update[1]
+                self.stacks[path] = (a_stack, b_stack)
+        return self.stacks[path]
+
+    def layers(self) -> int:
+        """Layers one forward pass updates: every layer that any of the batch's adapters changes."""
+        return len(set().union(*self.adapters))
+
+    def check(self, names: list[str]) -> None:
+        """Raise unless every forward pass applied the update of every adapted layer (else: not the adapters' vectors)."""
+        if self.applied == 0 or self.applied % self.layers():
+            raise RuntimeError(f"adapters {names} were applied {self.applied} times over {self.layers()} layers: not a "
+                               "whole number of passes, so these would not be their vectors; refused")
 
 
 class LoraSwitch(torch.nn.Module):
-    """A Linear layer plus the active adapter's low-rank update for it, if the adapter has one."""
+    """A Linear layer plus the active adapters' low-rank updates for it, if they have one."""
 
     def __init__(self, base: torch.nn.Linear, path: str):
         super().__init__()
@@ -48,13 +88,24 @@ class LoraSwitch(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         active = ACTIVE.get()
-        update = active.updates.get(self.path) if active is not None else None
-        if update is None:
+        if active is None:
             return out
-        a, b = update
+        if len(active.adapters) == 1:
+            update = active.adapters[0].get(self.path)
+            if update is None:
+                return out
+            a, b = update
+            active.applied += 1
+            return out + torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b).to(out.dtype)
+        stack = active.stack(self.path)
+        if stack is None:
+            return out
+        a, b = stack  # [k, r, in], [k, out, r]
         active.applied += 1
-        low_rank = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b)  # [..., out]
-        return out + low_rank.to(out.dtype)
+        rows = active.rows
+        flat = x.to(a.dtype).reshape(x.shape[0], -1, x.shape[-1])  # [n, t, in] (t = 1 for a 2-d input)
+        low = torch.bmm(flat, a[rows].transpose(1, 2))  # [n, t, r]
+        return out + torch.bmm(low, b[rows].transpose(1, 2)).reshape(out.shape).to(out.dtype)  # [n, t, out]
 
 
 def install_switches(model: torch.nn.Module) -> dict[str, LoraSwitch]:
@@ -89,17 +140,67 @@ class AdaptedBackend:
         return self._with_adapter(self.base.encode_ids, ids, batch_size)
 
     def _with_adapter(self, encode, inputs: list, batch_size: int) -> np.ndarray:
-        active = Active(self.updates)
+        active = Active([self.updates])
         token = ACTIVE.set(active)
         try:
             vectors = encode(inputs, batch_size)
         finally:
             ACTIVE.reset(token)
-        # Each forward pass goes through every adapted layer once: anything else means some pass ran without it.
-        if active.applied == 0 or active.applied % len(self.updates):
-            raise RuntimeError(f"adapter {self.name!r} was applied {active.applied} times over {len(self.updates)} "
-                               "layers: not a whole number of passes, so these would not be its vectors; refused")
+        active.check([self.name])
         return vectors
+
+
+@dataclass
+class MixedAdapters:
+    """A batch of requests for several adapters, encoded together: each input with its own adapter (`owners`)."""
+
+    base: Backend
+    adapters: dict[str, AdaptedBackend]
+
+    max_seq_length = property(lambda self: self.base.max_seq_length)
+    tokenizer = property(lambda self: self.base.tokenizer)
+    dimension = property(lambda self: self.base.dimension)
+
+    def encode(self, texts: list[str], batch_size: int, owners: list[str]) -> np.ndarray:
+        if len(set(owners)) == 1:
+            return self.adapters[owners[0]].encode(texts, batch_size)
+        model, prompt = self.base.model, default_prompt(self.base.model)
+        return self._mixed(texts, owners, batch_size, lambda chunk: model.preprocess(chunk, prompt=prompt))
+
+    def encode_ids(self, ids: list[list[int]], batch_size: int, owners: list[str]) -> np.ndarray:
+        if len(set(owners)) == 1:
+            return self.adapters[owners[0]].encode_ids(ids, batch_size)
+        tokenizer = self.base.tokenizer
+        names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
+        def features(chunk: list[list[int]]) -> dict:
+            arrays = padded(chunk, tokenizer)
+            return {name: torch.from_numpy(arrays[name]) for name in names}
+
+        return self._mixed(ids, owners, batch_size, features)
+
+    def _mixed(self, inputs: list, owners: list[str], batch_size: int, features_of) -> np.ndarray:
+        """Vectors of `inputs`, `batch_size` at a time in order of length (less padding), each pass with each row's
+        adapter."""
+        names = list(dict.fromkeys(owners))
+        index = {name: k for k, name in enumerate(names)}
+        active = Active([self.adapters[name].updates for name in names])
+        model = self.base.model
+        order = np.argsort([-len(x) for x in inputs], kind="stable")
+        out = np.empty((len(inputs), self.dimension), dtype=np.float32)
+        token = ACTIVE.set(active)
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(inputs), batch_size):
+                    rows = order[start:start + batch_size]
+                    features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v
+                                for k, v in features_of([inputs[i] for i in rows]).items()}
+                    active.rows = torch.tensor([index[owners[i]] for i in rows], device=model.device)
+                    out[rows] = model(features)["sentence_embedding"].float().cpu().numpy()
+        finally:
+            ACTIVE.reset(token)
+        active.check(names)
+        return normalise(out)
 
 
 @dataclass

@@ -58,6 +58,12 @@ async def _route_error(request: Request, exc: HTTPException) -> JSONResponse:
     return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}; this API serves {ROUTES}")
 
 
+def replica_message(err: Exception) -> str:
+    """The message of an exception a replica raised: Ray re-raises it wrapped, and the wrapper's str() is Ray's
+    traceback, which a client should not get (it names the server's files)."""
+    return str(getattr(err, "cause", None) or err)
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -140,12 +146,6 @@ class Api:
     @api.get("/healthz")
     async def healthz(self):
         return {"status": "ok", "models": self.models}
-
-
-def replica_message(err: Exception) -> str:
-    """The message of an exception a replica raised: Ray re-raises it wrapped, and the wrapper's str() is Ray's
-    traceback, which a client should not get (it names the server's files)."""
-    return str(getattr(err, "cause", None) or err)
 
 
 def build_app(args: AppArgs) -> serve.Application:

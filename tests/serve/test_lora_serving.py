@@ -112,6 +112,17 @@ def test_each_adapter_gives_its_merged_models_vectors_in_a_mixed_concurrent_stre
     assert set(after["loads"]) >= set(ADAPTERS)
 
 
+def test_token_id_requests_of_several_adapters_in_one_batch_get_each_adapters_vectors(lora, merged_vectors):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lora["base"])
+    ids = [tokenizer(t)["input_ids"] for t in TEXTS[:3]]  # the texts' ids as the model reads them (no prompt here)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda name: embed(lora, name, ids), ADAPTERS * 2))
+    for name, got in zip(ADAPTERS * 2, answers):
+        assert np.sum(got * merged_vectors(name, TEXTS[:3]), axis=1).min() >= MIN_COSINE, name
+
+
 def test_models_lists_every_adapter_and_the_plain_model(lora):
     status, answer = http(lora, "GET", "/v1/models")
     assert status == 200
