@@ -182,6 +182,11 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
                 "lora": lora, "metrics": {}}
         merged = save_adapter(encoder_path, state, lora, join(lora_dir, adapter), meta)
         export(encoder_path, merged, cfg, join(out_dir, "models", variant), {**details, "variant": variant}, max_length)
+        with open(join(out_dir, "models", variant, "BOOTEMBED.md"), "a") as f:
+            f.write(f"\nThis folder is a LoRA adapter (rank {lora['rank']}, alpha {lora['alpha']}, on "
+                    f"{lora['target_modules']}) trained on the {lang} triplets"
+                    f"{f' of strategy {strategy}' if strategy else ''} only, merged into the encoder with peft's "
+                    f"merge_and_unload; the adapter itself is `train/lora/{adapter}/`.\n")
         entries.append({**meta, "folder": adapter, "merged": f"../models/{variant}"})
         variants[variant] = {**details, "adapter": adapter, "language": lang, "strategy": strategy}
     write_registry(lora_dir, {"base": BASE_DIR, "base_sha256": base_sha, "encoder": cfg.train.encoder,

@@ -101,6 +101,7 @@ def test_lora_run_writes_adapters_registry_and_merged_models_that_agree(ray_loca
         assert np.min(np.sum(merged * unmerged, axis=1)) >= 0.9999
         assert np.min(np.sum(merged * base, axis=1)) < 0.99, "training changed nothing: the check above proves nothing"
         vectors[adapter] = merged
+        assert "LoRA adapter (rank 4" in (out / "models" / f"lora-{adapter}" / "BOOTEMBED.md").read_text()
     assert np.min(np.sum(vectors["yor"] * vectors["kha"], axis=1)) < 0.9999  # each language its own adapter
 
     # What `bootembed serve RUN_DIR` finds: the base and every adapter
