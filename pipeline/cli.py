@@ -113,7 +113,7 @@ def adapters_list(
     source: Annotated[Path, typer.Argument(help="A run directory, or the run config YAML whose run_dir to read.")],
 ) -> None:
     """Show the adapter registry of a run: name, strategy, role, language, training steps and loss."""
-    from pipeline.adapters import format_registry, read_registry
+    from pipeline.adapter_registry import format_registry, read_registry
     from pipeline.run import local_stage_dir
 
     folder = local_stage_dir(load(source, None), "adapters") if source.is_file() else str(source / "adapters")

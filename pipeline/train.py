@@ -275,10 +275,10 @@ BASELINE = "human_nli"  # human-made cross-lingual NLI triplets of 14 other lang
 
 def human_nli_triplets(size: int, seed: int) -> pa.Table:
     """`size` human-made triplets: the bundled cross-lingual NLI pairs (anchor, English entailed / contradicting hypothesis)."""
-    from pipeline.adapters import bundled_pairs
+    from pipeline.corpus import xnli_pairs
 
     by_pair: dict[int, dict] = {}
-    for p in bundled_pairs():
+    for p in xnli_pairs():
         t = by_pair.setdefault(p["pair"], {"id": f"xnli-{p['pair']}", "lang": "mul", "strategy": BASELINE})
         t[p["role"]] = p["output"]
         if p["role"] == "positive":
