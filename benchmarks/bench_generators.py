@@ -62,7 +62,7 @@ def adapter_step_seconds(folder: str, steps: int, threads: int) -> float:
     pairs = [p for p in xnli_pairs() if p["role"] == "positive"][:steps * 8 * 4]
     job = AdapterJob("xllora-positive", "xllora", "positive", None, "bundled pairs",
                      chats=[chat_example(p["anchor"], "positive", p["output"]) for p in pairs])
-    cfg = AdaptersConfig(steps=steps, batch_size=8, max_length=96, cpus_per_task=threads).model_dump(mode="json")
+    cfg = AdaptersConfig(steps=steps, batch_size=8, max_length=96, cpus_per_task=threads)
     with tempfile.TemporaryDirectory() as out:
         stats = train_adapter(folder, job, cfg, out, seed=0)
     return stats["seconds"] / steps

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline import _console
 from pipeline.adapter_registry import REGISTRY_SCHEMA, registry_row
-from pipeline.config import ADAPTER_STRATEGIES, RunConfig
+from pipeline.config import ADAPTER_STRATEGIES, AdaptersConfig, RunConfig
 from pipeline.corpus import load_udhr, udhr_languages, xnli_pairs
 from pipeline.langid import identify, langid_code
 from pipeline.manifest import StageOutput, join
@@ -154,10 +154,10 @@ def encode_examples(tokenizer, job: AdapterJob, max_length: int, limit: int, see
 
 # ---------------------------------------------------------------- training and composition (Ray tasks)
 
-def lora_config(cfg: dict):
+def lora_config(cfg: AdaptersConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], target_modules=cfg["target_modules"], lora_dropout=0.0,
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.target_modules, lora_dropout=0.0,
                       task_type="CAUSAL_LM")
 
 
@@ -171,40 +171,45 @@ def load_generator(base_path: str, device: str = "cpu"):
     return tokenizer, AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
 
 
-def train_adapter(base_path: str, job: AdapterJob, cfg: dict, out_path: str, seed: int) -> dict:
-    """Train one LoRA adapter (completion-only loss for chats, full loss for text) and save it in peft format."""
+def train_adapter(base_path: str, job: AdapterJob, cfg: AdaptersConfig, out_path: str, seed: int) -> dict:
+    """Train one LoRA adapter (completion-only loss for chats, full loss for text) and save it in peft format.
+
+    A plain loop rather than transformers' Trainer, on purpose: an adapter is a few dozen steps inside one Ray task,
+    and Trainer's own machinery (accelerate set-up, logging, checkpoint and device handling, which Ray already owns
+    here) costs more than the steps. Padding is the library's (DataCollatorForSeq2Seq: labels padded with -100).
+    """
     import torch
     from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq
 
-    torch.set_num_threads(max(1, math.ceil(cfg["cpus_per_task"])))
+    torch.set_num_threads(max(1, math.ceil(cfg.cpus_per_task)))
     torch.manual_seed(seed)
-    device = "cuda" if cfg["use_gpu"] and torch.cuda.is_available() else "cpu"
+    device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     tokenizer, model = load_generator(base_path, device)
-    examples = encode_examples(tokenizer, job, cfg["max_length"], cfg["steps"] * cfg["batch_size"], seed)
+    tokenizer.padding_side = "right"  # the causal LM's positions start at 0 for every example
+    examples = encode_examples(tokenizer, job, cfg.max_length, cfg.steps * cfg.batch_size, seed)
     if not examples:
         raise AdapterDataError(f"adapter {job.name}: no usable training example (all empty or longer than adapters.max_length)")
     model = get_peft_model(model, lora_config(cfg))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
+    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     rng, order, losses, started = random.Random(seed), [], [], time.perf_counter()
     model.train()
-    for step in range(cfg["steps"]):
+    for step in range(cfg.steps):
         batch = []
-        while len(batch) < cfg["batch_size"]:
+        while len(batch) < cfg.batch_size:
             if not order:
                 order = rng.sample(range(len(examples)), len(examples))
-            batch.append(examples[order.pop()])
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch], device=device)
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=device)
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            ids, labels = examples[order.pop()]
+            batch.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        loss = model(**{k: v.to(device) for k, v in collate(batch).items()}).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
     model.save_pretrained(out_path)
     tail = losses[-max(1, len(losses) // 5):]  # the last fifth: one batch is noisy
-    return {"examples": len(examples), "steps": cfg["steps"], "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
+    return {"examples": len(examples), "steps": cfg.steps, "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
             "seconds": time.perf_counter() - started}
 
 
@@ -263,11 +268,10 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     base = resolve_model(cfg.generator.model, cfg.cache_dir)
     seeds_train = pq.read_table(inputs["train"], columns=["lang", "text"]).to_pylist()
     jobs = plan_jobs(cfg, seeds_train)
-    acfg = cfg.adapters.model_dump(mode="json")
     task = ray.remote(num_cpus=cfg.adapters.cpus_per_task, num_gpus=1 if cfg.adapters.use_gpu else 0,
                       max_retries=2)(train_adapter)
     paths = {name: external_path(ref, cfg.cache_dir) for name, ref in cfg.adapters.external.items()}
-    pending = {task.remote(base, job, acfg, join(out_dir, job.name), cfg.seed): job for job in jobs}
+    pending = {task.remote(base, job, cfg.adapters, join(out_dir, job.name), cfg.seed): job for job in jobs}
     stats: dict[str, dict] = {}
     _console.progress(0, len(jobs), "adapters")
     while pending:  # report each adapter as it finishes: on a laptop this stage takes minutes

@@ -68,7 +68,7 @@ def test_chat_examples_teach_only_the_answer_and_skip_what_does_not_fit(generato
 
 def test_training_an_adapter_lowers_its_loss_and_saves_a_peft_folder(tiny_generator, make_config, tmp_path):
     job = AdapterJob("lang-yor", "language", None, "yor", "test", texts=["Gbogbo ènìyàn ni a bí ní òmìnira."] * 4)
-    cfg = make_config(adapters={"steps": 20, "batch_size": 2, "lr": 5e-2, "rank": 4}).adapters.model_dump()
+    cfg = make_config(adapters={"steps": 20, "batch_size": 2, "lr": 5e-2, "rank": 4}).adapters
     stats = train_adapter(tiny_generator, job, cfg, str(tmp_path / "a"), seed=0)
     # A random 64-wide model has tiny logits, so even memorising one sentence moves its loss slowly (deterministic run).
     assert stats["loss_last"] < stats["loss_first"] - 0.2
