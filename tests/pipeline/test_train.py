@@ -225,3 +225,11 @@ def test_a_killed_training_worker_is_replaced_and_training_resumes_from_its_chec
         assert epochs == list(range(20)), f"{variant}: every epoch once: resumed from the checkpoint, none lost, none repeated"
         model = SentenceTransformer(f"{result.outputs['models']}/{variant}", device="cpu")
         assert model.encode(["a river nearby"]).shape == (1, 32)
+
+
+def test_a_mini_batch_as_large_as_the_worker_batch_is_a_clear_error(make_config, tiny_encoder):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.mini_batch_size \(16\) must be smaller than the batch each worker embeds, "
+                                          r"train.batch_size / train.num_workers \(16\); leave it empty"):
+        train_config(make_config, tiny_encoder, batch_size=32, num_workers=2, mini_batch_size=16)
