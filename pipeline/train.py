@@ -1,8 +1,10 @@
 """Stage `train`: triplets -> a fine-tuned sentence encoder (Ray Train TorchTrainer, DDP).
 
 The loss is InfoNCE over in-batch negatives plus the hard negative, with candidates gathered
-from every worker so the effective batch is the global one. Rank 0 checkpoints each epoch; a
-rerun of an interrupted run resumes from the last checkpoint. The result is exported as a
+from every worker so the effective batch is the global one (optionally cached: GradCache, for
+large batches in small memory). One Ray Train run trains every model of the stage (one per
+strategy, plus the baseline) in turn. Rank 0 checkpoints each epoch; a rerun of an interrupted
+run resumes from the last checkpoint, skipping finished models. Each model is exported as a
 sentence-transformers folder that `SentenceTransformer(path)` loads.
 """
 
@@ -172,7 +174,7 @@ def worker_rows(batch_rows, world: int, rank: int):
 def trainable_state(model) -> dict:
     """The parameters training changes (frozen ones, such as a frozen word-embedding matrix, stay the base model's):
     all a checkpoint needs to rebuild the model from the base encoder."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
 
 def restore_progress(checkpoint, finished_dir: str) -> dict:
@@ -189,7 +191,7 @@ def restore_progress(checkpoint, finished_dir: str) -> dict:
         for variant in progress["done"]:
             shutil.copyfile(os.path.join(d, f"final-{variant}.pt"), os.path.join(finished_dir, f"final-{variant}.pt"))
         current = os.path.join(d, "state.pt")
-        progress["state"] = torch.load(current, weights_only=False) if progress["current"] else None
+        progress["state"] = torch.load(current, weights_only=False, map_location="cpu") if progress["current"] else None
     return progress
 
 
@@ -510,7 +512,7 @@ def train_encoders(cfg: RunConfig, encoder_path: str, sets: dict[str, str], out_
         with open(os.path.join(d, "progress.json")) as f:
             done = json.load(f)["done"]  # each variant's epochs, kept in the checkpoint so they survive a resumed run
         for variant, history in done.items():
-            state = torch.load(os.path.join(d, f"final-{variant}.pt"), weights_only=True)
+            state = torch.load(os.path.join(d, f"final-{variant}.pt"), weights_only=True, map_location="cpu")
             trained[variant] = state, {
                 "triplets": tables[variant].num_rows, "steps": steps[variant] * cfg.train.epochs,
                 "final_loss": history[-1]["loss"], "max_length": max_length, "epochs": history,
