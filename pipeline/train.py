@@ -238,18 +238,40 @@ def train_loop(config: dict) -> None:
     finished_dir = tempfile.mkdtemp(prefix="bootembed-train-")
     try:
         progress = restore_progress(ray.train.get_checkpoint(), finished_dir)
+        steps = StepReport(sum(v["steps_per_epoch"] for v in config["variants"]) * cfg["epochs"], rank == 0)
         for variant in config["variants"]:
             if variant["name"] in progress["done"]:
+                steps.done += variant["steps_per_epoch"] * cfg["epochs"]
                 continue
             resume = progress["state"] if progress["current"] and progress["current"]["variant"] == variant["name"] else None
-            train_variant(variant, encoder, model, tokenizer, base, resume, progress, finished_dir, config, world, rank)
+            train_variant(variant, encoder, model, tokenizer, base, resume, progress, finished_dir, config, world, rank,
+                          steps)
             progress["state"] = None
     finally:
         shutil.rmtree(finished_dir, ignore_errors=True)
 
 
+class StepReport:
+    """The stage's optimizer steps over every variant, printed as `[train] step N/M ...` for the console's bar.
+
+    Printed at most every REPORT_EVERY_S seconds and at each epoch's end: a CPU step takes seconds, a GPU step
+    milliseconds, and the log should read the same for both.
+    """
+
+    REPORT_EVERY_S = 5.0
+
+    def __init__(self, total: int, prints: bool):
+        self.total, self.done, self.prints, self.shown = total, 0, prints, 0.0
+
+    def step(self, text: str, end_of_epoch: bool = False) -> None:
+        self.done += 1
+        if self.prints and (end_of_epoch or time.monotonic() - self.shown >= self.REPORT_EVERY_S):
+            self.shown = time.monotonic()
+            print(f"[train] step {self.done}/{self.total} {text}", flush=True)
+
+
 def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: dict | None, progress: dict,
-                  finished_dir: str, config: dict, world: int, rank: int) -> None:
+                  finished_dir: str, config: dict, world: int, rank: int, steps: StepReport) -> None:
     """Train one variant's model from the base encoder (or from `resume`), checkpointing each epoch."""
     import ray
     import ray.train
@@ -274,14 +296,17 @@ def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: 
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         start_epoch, history = resume["epoch"] + 1, progress["current"]["history"]
+    steps.done += start_epoch * steps_per_epoch
 
     table = ray.get(variant["triplets"])
     columns = {col: table[col].to_pylist() for col in COLUMNS}
     for epoch in range(start_epoch, cfg["epochs"]):
         started, seen, losses = time.perf_counter(), 0, []
-        for batch_rows in epoch_batches(table.num_rows, cfg["batch_size"], config["seed"] + epoch):
+        batches = epoch_batches(table.num_rows, cfg["batch_size"], config["seed"] + epoch)
+        for b, batch_rows in enumerate(batches):
             rows = worker_rows(batch_rows, world, rank)
             if rows is None:
+                steps.done += 1  # skipped by every worker alike: still one of the planned steps
                 continue
             batch = {col: [columns[col][i] for i in rows] for col in COLUMNS}
             optimizer.zero_grad()
@@ -290,8 +315,7 @@ def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: 
             schedule.step()
             seen += len(rows)
             losses.append(loss.item())
-            if rank == 0 and len(losses) % 10 == 0:
-                print(f"[train] {name} epoch {epoch + 1} step {len(losses)}/{steps_per_epoch} loss {loss.item():.4f}", flush=True)
+            steps.step(f"{name} epoch {epoch + 1}/{cfg['epochs']} loss {loss.item():.4f}", end_of_epoch=b == len(batches) - 1)
         seconds = time.perf_counter() - started
         metrics = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "steps": len(losses),
                    "samples_per_s": seen * world / max(seconds, 1e-9), "seconds": seconds}
