@@ -27,11 +27,12 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.adapters import AdapterJob, bundled_pairs, chat_example, train_adapter  # noqa: E402
+from pipeline.adapters import AdapterJob, chat_example, train_adapter  # noqa: E402
+from pipeline.corpus import xnli_pairs  # noqa: E402
 from pipeline.config import AdaptersConfig, GeneratorConfig  # noqa: E402
 from pipeline.engines import OK, HFGenerator  # noqa: E402
 from pipeline.models import resolve_model  # noqa: E402
-from pipeline.synthesize import build_messages, parse_answer  # noqa: E402
+from pipeline.prompts import build_messages, parse_answer  # noqa: E402
 
 GENERATORS = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct", "gemma-3-270m": "Gemma-3-270M"}
 LANGUAGES = ("yor", "kha", "quc")
@@ -58,10 +59,10 @@ def tokens_per_anchor(folder: str, anchors: list[dict]) -> dict[str, float]:
 
 
 def adapter_step_seconds(folder: str, steps: int, threads: int) -> float:
-    pairs = [p for p in bundled_pairs() if p["role"] == "positive"][:steps * 8 * 4]
+    pairs = [p for p in xnli_pairs() if p["role"] == "positive"][:steps * 8 * 4]
     job = AdapterJob("xllora-positive", "xllora", "positive", None, "bundled pairs",
                      chats=[chat_example(p["anchor"], "positive", p["output"]) for p in pairs])
-    cfg = AdaptersConfig(steps=steps, batch_size=8, max_length=96, cpus_per_task=threads).model_dump(mode="json")
+    cfg = AdaptersConfig(steps=steps, batch_size=8, max_length=96, cpus_per_task=threads)
     with tempfile.TemporaryDirectory() as out:
         stats = train_adapter(folder, job, cfg, out, seed=0)
     return stats["seconds"] / steps

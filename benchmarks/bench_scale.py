@@ -41,7 +41,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pycountry  # noqa: E402
 
-from pipeline.adapters import REGISTRY_SCHEMA, registry_row  # noqa: E402
+from pipeline.adapter_registry import REGISTRY_SCHEMA, registry_row  # noqa: E402
 from pipeline.config import RunConfig, validate_config  # noqa: E402
 from pipeline.corpus import load_udhr  # noqa: E402
 from pipeline.manifest import StageOutput, join  # noqa: E402

@@ -29,6 +29,9 @@ _active: Console | None = None
 # Ray workers' lines reach the driver as "(Actor pid=123) [train] epoch 1 step 20/37 ..."; a stage's own message is
 # the part from "[stage]" on, shown beside its bar.
 _STAGE_LINE = re.compile(r"\[(?P<stage>[a-z_]+)\] (?P<text>.+)")
+# A stage line that counts its own steps, e.g. "[train] step 12/54 parallel epoch 2/3 loss 2.1": printed by Ray
+# workers, whose progress the driver sees only in their output.
+_STEP_COUNT = re.compile(r"^step (?P<done>\d+)/(?P<total>\d+)\b")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour and bold codes some libraries print even into a pipe
 # Where the console keeps the bar between lines of a non-interactive terminal (CI logs, a captured pipe).
 _PIPE_EVERY_S = 15.0
@@ -252,6 +255,8 @@ class Console:
         match = _STAGE_LINE.search(line)
         if match and match["stage"] == self.stage:
             self.detail = match["text"].strip()
+            if count := _STEP_COUNT.match(self.detail):
+                self.progress(int(count["done"]), int(count["total"]), "steps")
 
     # ------------------------------------------------------------ drawing
 
@@ -321,7 +326,8 @@ class Console:
 def probe_for(stage: str, cfg, local_out: str, inputs: dict[str, str]) -> Probe | None:
     """How far a stage is, read from what it writes as it goes, for stages that do not call progress() themselves.
 
-    synthesize writes its answers/ as batches finish (one row per request; answers/_plan.json says how many it plans); train exports models/<variant>/ as each variant's Ray Train fit ends (one per triplet file in data/).
+    synthesize writes its answers/ as batches finish (one row per request; answers/_plan.json says how many it
+    plans). (train's workers print their steps instead: see _STEP_COUNT.)
     """
     import glob
 
@@ -349,15 +355,6 @@ def probe_for(stage: str, cfg, local_out: str, inputs: dict[str, str]) -> Probe 
             return count, total, "requests"
 
         return answered
-    if stage == "train":
-        since = time.time()  # models/ may hold an earlier run's exports until this run replaces them
-
-        def exported() -> tuple[int, int | None, str] | None:
-            variants = glob.glob(os.path.join(local_out, "data", "*.parquet"))
-            done = [p for p in glob.glob(os.path.join(local_out, "models", "*", "modules.json")) if os.path.getmtime(p) >= since]
-            return (len(done), len(variants), "models") if variants else None
-
-        return exported
     return None
 
 

@@ -21,23 +21,20 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import _console
-from pipeline.config import ADAPTER_STRATEGIES, RunConfig
+from pipeline.adapter_registry import REGISTRY_SCHEMA, registry_row
+from pipeline.config import ADAPTER_STRATEGIES, AdaptersConfig, RunConfig
+from pipeline.corpus import load_udhr, udhr_languages, xnli_pairs
+from pipeline.langid import identify, langid_code
 from pipeline.manifest import StageOutput, join
+from pipeline.prompts import ROLES, build_messages
+from pipeline.records import RecordError, read_records
 
-ROLES = ("positive", "negative")
-REGISTRY_SCHEMA = pa.schema([
-    ("name", pa.string()), ("kind", pa.string()), ("strategy", pa.string()), ("role", pa.string()),
-    ("lang", pa.string()), ("base_model", pa.string()), ("path", pa.string()), ("data", pa.string()),
-    ("examples", pa.int64()), ("steps", pa.int64()), ("loss_first", pa.float64()), ("loss_last", pa.float64()),
-    ("seconds", pa.float64()),
-])
 
 
 class AdapterDataError(ValueError):
@@ -58,22 +55,13 @@ class AdapterJob:
 
 # ---------------------------------------------------------------- training data (pure)
 
-def bundled_pairs() -> list[dict]:
-    """The bundled cross-lingual NLI pairs: role, pair, anchor (one of 14 languages), output (English)."""
-    return pq.read_table(str(resources.files("pipeline.corpus") / "xnli_pairs.parquet")).to_pylist()
-
-
 def chat_example(anchor: str, role: str, output: str) -> tuple[list[dict], str]:
     """The zero-shot prompt synthesis sends to an adapter, and the answer it should give."""
-    from pipeline.synthesize import build_messages
-
     return build_messages(anchor, role, "", "English", num_shots=0), output
 
 
 def anchors_in(pairs: list[dict], lang: str) -> list[dict]:
     """Pairs whose anchor py3langid reads as `lang` (the bundled pairs carry no language column)."""
-    from pipeline.langid import identify, langid_code
-
     code = langid_code(lang)
     if code is None:
         raise AdapterDataError(f"adapters.composition_source = {lang!r}: the language identifier cannot pick its anchors "
@@ -83,8 +71,6 @@ def anchors_in(pairs: list[dict], lang: str) -> list[dict]:
 
 def read_task_data(path: str) -> list[dict]:
     """User task-adapter data (anchor, positive, negative) -> pairs like the bundled ones."""
-    from pipeline.records import RecordError, read_records
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise AdapterDataError(f"adapters.task_data: {path}: no such file")
@@ -105,8 +91,6 @@ def read_task_data(path: str) -> list[dict]:
 
 def language_texts(lang: str, seeds_train: list[dict]) -> list[str]:
     """Text of a language for its language adapter: its training seeds, or the bundled UDHR for the source language."""
-    from pipeline.corpus import load_udhr, udhr_languages
-
     texts = [r["text"] for r in seeds_train if r["lang"] == lang]
     if not texts and lang in udhr_languages():
         texts = load_udhr([lang]).column("text").to_pylist()
@@ -120,7 +104,7 @@ def plan_jobs(cfg: RunConfig, seeds_train: list[dict]) -> list[AdapterJob]:
     """Every adapter the configured strategies need, minus the ones given in adapters.external."""
     strategies = set(cfg.synthesis.strategies)
     jobs: list[AdapterJob] = []
-    pairs = bundled_pairs() if strategies & {"xllora", "composition"} else []
+    pairs = xnli_pairs() if strategies & {"xllora", "composition"} else []
     if "xllora" in strategies:
         for role in ROLES:
             chats = [chat_example(p["anchor"], role, p["output"]) for p in pairs if p["role"] == role]
@@ -170,10 +154,10 @@ def encode_examples(tokenizer, job: AdapterJob, max_length: int, limit: int, see
 
 # ---------------------------------------------------------------- training and composition (Ray tasks)
 
-def lora_config(cfg: dict):
+def lora_config(cfg: AdaptersConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], target_modules=cfg["target_modules"], lora_dropout=0.0,
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.target_modules, lora_dropout=0.0,
                       task_type="CAUSAL_LM")
 
 
@@ -187,40 +171,45 @@ def load_generator(base_path: str, device: str = "cpu"):
     return tokenizer, AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device)
 
 
-def train_adapter(base_path: str, job: AdapterJob, cfg: dict, out_path: str, seed: int) -> dict:
-    """Train one LoRA adapter (completion-only loss for chats, full loss for text) and save it in peft format."""
+def train_adapter(base_path: str, job: AdapterJob, cfg: AdaptersConfig, out_path: str, seed: int) -> dict:
+    """Train one LoRA adapter (completion-only loss for chats, full loss for text) and save it in peft format.
+
+    A plain loop rather than transformers' Trainer, on purpose: an adapter is a few dozen steps inside one Ray task,
+    and Trainer's own machinery (accelerate set-up, logging, checkpoint and device handling, which Ray already owns
+    here) costs more than the steps. Padding is the library's (DataCollatorForSeq2Seq: labels padded with -100).
+    """
     import torch
     from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq
 
-    torch.set_num_threads(max(1, math.ceil(cfg["cpus_per_task"])))
+    torch.set_num_threads(max(1, math.ceil(cfg.cpus_per_task)))
     torch.manual_seed(seed)
-    device = "cuda" if cfg["use_gpu"] and torch.cuda.is_available() else "cpu"
+    device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     tokenizer, model = load_generator(base_path, device)
-    examples = encode_examples(tokenizer, job, cfg["max_length"], cfg["steps"] * cfg["batch_size"], seed)
+    tokenizer.padding_side = "right"  # the causal LM's positions start at 0 for every example
+    examples = encode_examples(tokenizer, job, cfg.max_length, cfg.steps * cfg.batch_size, seed)
     if not examples:
         raise AdapterDataError(f"adapter {job.name}: no usable training example (all empty or longer than adapters.max_length)")
     model = get_peft_model(model, lora_config(cfg))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
+    collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     rng, order, losses, started = random.Random(seed), [], [], time.perf_counter()
     model.train()
-    for step in range(cfg["steps"]):
+    for step in range(cfg.steps):
         batch = []
-        while len(batch) < cfg["batch_size"]:
+        while len(batch) < cfg.batch_size:
             if not order:
                 order = rng.sample(range(len(examples)), len(examples))
-            batch.append(examples[order.pop()])
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch], device=device)
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=device)
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            ids, labels = examples[order.pop()]
+            batch.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        loss = model(**{k: v.to(device) for k, v in collate(batch).items()}).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
     model.save_pretrained(out_path)
     tail = losses[-max(1, len(losses) // 5):]  # the last fifth: one batch is noisy
-    return {"examples": len(examples), "steps": cfg["steps"], "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
+    return {"examples": len(examples), "steps": cfg.steps, "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
             "seconds": time.perf_counter() - started}
 
 
@@ -245,27 +234,6 @@ def compose_adapters(base_path: str, task_path: str, target_path: str, source_pa
     return {"seconds": time.perf_counter() - started}
 
 
-# ---------------------------------------------------------------- registry
-
-def read_registry(path: str) -> list[dict]:
-    """Registry rows with `path` made absolute (trained adapters are recorded relative to the registry's folder)."""
-    if not os.path.exists(path):
-        return []
-    rows = pq.read_table(path).to_pylist()
-    folder = os.path.dirname(os.path.abspath(path))
-    for r in rows:
-        r["path"] = r["path"] if os.path.isabs(r["path"]) else os.path.join(folder, r["path"])
-    return rows
-
-
-def find_adapter(registry: list[dict], strategy: str, role: str, lang: str) -> dict | None:
-    """The adapter synthesis uses for one (strategy, role, language); XL-LoRA adapters serve every language."""
-    for r in registry:
-        if r["strategy"] == strategy and r["role"] == role and r["lang"] in (lang, None):
-            return r
-    return None
-
-
 def external_path(reference: str, cache_dir: str) -> str:
     """A local peft folder as is; a hub id downloaded once into the cache (vLLM loads adapters from disk)."""
     local = Path(reference).expanduser()
@@ -280,28 +248,6 @@ def external_path(reference: str, cache_dir: str) -> str:
     except Exception as err:  # noqa: BLE001 - offline, unknown id, no access: all mean "cannot use it"
         raise AdapterDataError(f"adapters.external: {reference!r} is neither a local folder nor a reachable hub id "
                                f"({type(err).__name__}: {err})") from None
-
-
-def registry_row(name: str, kind: str, strategy: str, role: str | None, lang: str | None, base: str, path: str,
-                 data: str, stats: dict | None = None) -> dict:
-    stats = stats or {}
-    return {"name": name, "kind": kind, "strategy": strategy, "role": role, "lang": lang, "base_model": base, "path": path,
-            "data": data, "examples": stats.get("examples"), "steps": stats.get("steps"),
-            "loss_first": stats.get("loss_first"), "loss_last": stats.get("loss_last"), "seconds": stats.get("seconds")}
-
-
-def format_registry(rows: list[dict]) -> str:
-    """A table for `bootembed adapters list`."""
-    if not rows:
-        return "no adapters (the run uses only strategy icl, or its adapters stage has not run)"
-    head = ["name", "strategy", "role", "lang", "kind", "steps", "loss first->last", "data"]
-    lines = [head]
-    for r in rows:
-        loss = f"{r['loss_first']:.2f} -> {r['loss_last']:.2f}" if r.get("loss_first") is not None else "-"
-        lines.append([r["name"], r["strategy"] or "-", r["role"] or "-", r["lang"] or "all", r["kind"],
-                      str(r["steps"] or "-"), loss, r["data"]])
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
 
 
 # ---------------------------------------------------------------- the stage
@@ -322,11 +268,10 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     base = resolve_model(cfg.generator.model, cfg.cache_dir)
     seeds_train = pq.read_table(inputs["train"], columns=["lang", "text"]).to_pylist()
     jobs = plan_jobs(cfg, seeds_train)
-    acfg = cfg.adapters.model_dump(mode="json")
     task = ray.remote(num_cpus=cfg.adapters.cpus_per_task, num_gpus=1 if cfg.adapters.use_gpu else 0,
                       max_retries=2)(train_adapter)
     paths = {name: external_path(ref, cfg.cache_dir) for name, ref in cfg.adapters.external.items()}
-    pending = {task.remote(base, job, acfg, join(out_dir, job.name), cfg.seed): job for job in jobs}
+    pending = {task.remote(base, job, cfg.adapters, join(out_dir, job.name), cfg.seed): job for job in jobs}
     stats: dict[str, dict] = {}
     _console.progress(0, len(jobs), "adapters")
     while pending:  # report each adapter as it finishes: on a laptop this stage takes minutes

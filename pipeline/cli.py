@@ -12,7 +12,7 @@ import typer
 import yaml
 
 from pipeline import _console
-from pipeline.config import ConfigError, RunConfig, ServeConfig, load_config
+from pipeline.config import ConfigError, RayConfig, RunConfig, ServeConfig, load_config
 from pipeline.run import STAGE_NAMES, ClusterResourceError, StageInputError, logs_dir, output_path, run_pipeline
 from pipeline.seeds import SeedError
 from serve.args import AppArgs
@@ -113,7 +113,7 @@ def adapters_list(
     source: Annotated[Path, typer.Argument(help="A run directory, or the run config YAML whose run_dir to read.")],
 ) -> None:
     """Show the adapter registry of a run: name, strategy, role, language, training steps and loss."""
-    from pipeline.adapters import format_registry, read_registry
+    from pipeline.adapter_registry import format_registry, read_registry
     from pipeline.run import local_stage_dir
 
     folder = local_stage_dir(load(source, None), "adapters") if source.is_file() else str(source / "adapters")
@@ -330,7 +330,7 @@ def serve(
         import ray
         from ray import serve as ray_serve
 
-        ray.init(address="local", include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+        ray.init(address="local", include_dashboard=False, object_store_memory=RayConfig().object_store_mb * 1024 * 1024,
                  _node_ip_address="127.0.0.1")
         # Our own handler, installed before the (slow) deployment: Ctrl-C or SIGTERM at any point from here on
         # means a clean shutdown, not a traceback and exit code 130.

@@ -205,6 +205,10 @@ class TrainConfig(_Section):
         3, ge=-1, description="Worker failures (a killed or preempted node) a training run survives by restarting from "
         "its last epoch checkpoint; -1 = no limit.")
     gather_across_workers: bool = Field(True, description="Use every worker's batch as negatives (effective batch = global batch).")
+    mini_batch_size: int | None = Field(
+        None, ge=1, description="Texts each worker embeds at once with a cached contrastive loss (GradCache): the "
+        "gradient of the whole batch's loss with the memory of this many texts, at the cost of a second forward pass "
+        "(e.g. the paper's batch of 512 with 32). Empty = embed each worker's whole batch at once (no caching).")
     human_nli_baseline: bool = Field(
         True, description="Also train the encoder on as many human-made cross-lingual NLI triplets (the bundled XNLI pairs "
         "of 14 other languages) as the largest synthetic set, the paper's non-synthetic baseline (`human_nli` in the "
@@ -214,6 +218,15 @@ class TrainConfig(_Section):
         "language and strategy) instead of all its weights: a few MB each, served together on one base encoder "
         "(`bootembed serve RUN_DIR`), each also exported merged as a plain sentence-transformers folder. Empty: full "
         "fine-tuning.")
+
+    @model_validator(mode="after")
+    def _mini_batch_below_the_batch(self) -> TrainConfig:
+        per_worker = self.batch_size // self.num_workers
+        if self.mini_batch_size is not None and self.mini_batch_size >= per_worker:
+            raise ValueError(
+                f"train.mini_batch_size ({self.mini_batch_size}) must be smaller than the batch each worker embeds, "
+                f"train.batch_size / train.num_workers ({per_worker}); leave it empty to embed that batch at once")
+        return self
 
 
 class EvaluateConfig(_Section):

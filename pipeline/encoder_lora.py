@@ -142,22 +142,31 @@ def training_sets(cfg, triplets_path: str, data_dir: str) -> tuple[dict[str, str
     return sets, {a: ids[a] for a in sets}, skipped
 
 
-def save_adapter(encoder_path: str, state_dict: dict, lora: dict, folder: str, meta: dict) -> dict:
-    """Save the LoRA part of a trained peft model's `state_dict` as peft's adapter folder plus META; return the merged
-    encoder's state dict (peft's merge_and_unload), ready for the sentence-transformers export."""
+def save_adapter(encoder_path: str, trained: dict, lora: dict, folder: str, meta: dict) -> dict:
+    """Save a trained adapter (`trained`: the peft model's trainable parameters, what the train stage's checkpoint
+    keeps) as peft's adapter folder plus META; return the merged encoder's state dict (peft's merge_and_unload), ready
+    for the sentence-transformers export.
+
+    Raises:
+        ValueError: `trained` is not this LoRA's parameters (other names, or some missing)."""
     from pipeline.train import load_encoder
 
     _, model = load_encoder(encoder_path, freeze_embeddings=False)
     peft_model = wrap(model, lora)
-    peft_model.load_state_dict(state_dict)
+    lora_names = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    if set(trained) != lora_names:
+        raise ValueError(f"train.lora: the trained parameters are not the adapter's ({len(set(trained) - lora_names)} "
+                         f"unexpected, {len(lora_names - set(trained))} missing, e.g. "
+                         f"{sorted(set(trained) ^ lora_names)[:3]})")
+    peft_model.load_state_dict(trained, strict=False)  # the base weights stay the encoder's
     peft_model.save_pretrained(folder)
     Path(folder, META).write_text(json.dumps(meta, indent=2) + "\n")
     return peft_model.merge_and_unload().state_dict()
 
 
 def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[str, tuple[str, str | None]],
-                   out_dir: str, max_length: int, train_encoder: Callable, export: Callable) -> dict[str, dict]:
-    """Train one adapter per set (one Ray Train run each, through the stage's `train_encoder`), save it, export it merged
+                   out_dir: str, max_length: int, train_encoders: Callable, export: Callable) -> dict[str, dict]:
+    """Train one adapter per set (all in one Ray Train run, through the stage's `train_encoders`), save it, export it merged
     (through the stage's `export`), export the serving base once, and write the registry. Returns {variant: details}."""
     import pyarrow.parquet as pq
 
@@ -172,10 +181,14 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
     base_sha = encoder_sha256(encoder_path)
     entries, variants = [], {}
     for adapter, path in sets.items():
+        print(f"[train] LoRA {adapter}: {pq.read_metadata(path).num_rows} triplets", flush=True)
+    # One Ray Train run for every adapter (the stage's own loop, the model wrapped by `wrap` on each worker)
+    trained = train_encoders(cfg, encoder_path, {f"{MERGED_PREFIX}{a}": p for a, p in sets.items()}, out_dir,
+                             max_length) if sets else {}
+    for adapter, path in sets.items():
         lang, strategy = labels[adapter]
         variant = f"{MERGED_PREFIX}{adapter}"
-        print(f"[train] LoRA {adapter}: {pq.read_metadata(path).num_rows} triplets", flush=True)
-        state, details = train_encoder(cfg, encoder_path, path, out_dir, variant, max_length)
+        state, details = trained[variant]
         meta = {"id": adapter, "language": lang, "strategy": strategy, "base": f"../{BASE_DIR}",
                 "base_sha256": base_sha, "encoder": cfg.train.encoder, "data_sha256": triplets_digest(path),
                 "triplets": details["triplets"], "steps": details["steps"], "final_loss": details["final_loss"],

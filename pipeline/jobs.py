@@ -71,6 +71,8 @@ def package_job(cfg: RunConfig, stage: str | None) -> tuple[str, str]:
     return workdir, " ".join(shlex.quote(c) for c in command)
 
 
+# Ray's JobSubmissionClient does not retry, and one known error is worth a retry: a small loop here rather than a
+# retry library as a new dependency for one call.
 AGENT_RETRIES = 5
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +84,62 @@ def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     parts = all_gather(tensor)
     return torch.cat(parts), dist.get_rank() * tensor.shape[0]
+
+
+# ---------------------------------------------------------------- GradCache (a cached contrastive loss)
+
+def _rng_snapshot() -> tuple:
+    """The CPU RNG state and the current GPU's (if one is in use): what dropout draws from."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), devices, [torch.cuda.get_rng_state(d) for d in devices]
+
+
+@contextmanager
+def _replayed_rng(cpu_state: torch.Tensor, devices: list, device_states: list):
+    """Run the block with the RNG as it was at the snapshot (dropout draws the same masks), then restore the outer
+    RNG. (sentence-transformers' RandContext does the same; written out so train workers need not import it.)"""
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu_state)
+        for device, state in zip(devices, device_states):
+            torch.cuda.set_rng_state(state, device)
+        yield
+
+
+def grad_cached_backward(
+    embed_chunk: Callable[[int, int], torch.Tensor],
+    chunks_per_column: list[int],
+    loss_fn: Callable[..., torch.Tensor],
+    no_sync: Callable[[], AbstractContextManager] = nullcontext,
+) -> torch.Tensor:
+    """GradCache (Gao et al. 2021; sentence-transformers' CachedMultipleNegativesRankingLoss): the gradient of a
+    contrastive loss over a large batch with the memory of one mini-batch. Leaves the gradients in the parameters
+    (as `loss_fn(...).backward()` over the whole batch would) and returns the loss, detached.
+
+    1. Embed every mini-batch without autograd, keeping each one's RNG state.
+    2. Compute the loss on the concatenated embeddings and backpropagate it to the embeddings only.
+    3. Embed each mini-batch again, replaying its RNG state (same dropout), and backpropagate the cached embedding
+       gradients through it. Gradients accumulate over the mini-batches.
+
+    Args:
+        embed_chunk: (column, chunk) -> [n, d] embeddings of that mini-batch of that column (anchor, positive, ...).
+        chunks_per_column: how many mini-batches each column has; a column's chunks concatenate in order.
+        loss_fn: (column embeddings...) -> scalar loss, the same function an uncached step uses (it may gather
+            across workers: its backward then hands each worker the gradient of its own rows).
+        no_sync: a context in which backward does not reduce gradients across workers (DDP's `no_sync`). Every
+            mini-batch but the last runs in it, so DDP reduces the accumulated gradients once per step.
+    """
+    chunks = [(column, index) for column, n in enumerate(chunks_per_column) for index in range(n)]
+    rng_states, embeddings = [], [[] for _ in chunks_per_column]
+    with torch.no_grad():
+        for column, index in chunks:
+            rng_states.append(_rng_snapshot())
+            embeddings[column].append(embed_chunk(column, index))  # [n, d]
+    columns = [torch.cat(parts).requires_grad_() for parts in embeddings]  # [b, d] each: leaves of the loss graph
+    loss = loss_fn(*columns)
+    loss.backward()
+    for i, (column, index) in enumerate(chunks):
+        start = sum(len(part) for part in embeddings[column][:index])
+        rows = slice(start, start + len(embeddings[column][index]))
+        with (nullcontext() if i == len(chunks) - 1 else no_sync()), _replayed_rng(*rng_states[i]):
+            embed_chunk(column, index).backward(columns[column].grad[rows])
+    return loss.detach()

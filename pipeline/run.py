@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline import _console, adapters, evaluate, filter, seeds, synthesize, train  # noqa: A004 - stage modules are named after stages
+from pipeline import _console, adapters, evaluate, filtering, seeds, synthesize, train
 from pipeline.config import RunConfig
 from pipeline.manifest import (
     MANIFEST,
@@ -37,6 +37,9 @@ class Stage:
     needs: dict[str, tuple[str, str]] = field(default_factory=dict)  # input name -> (stage, output name)
     uses_ray: bool = False
     resumable: tuple[str, ...] = ()  # entries of its folder the stage resumes from itself: kept when it reruns
+    # Reads what the stage will read from the user's own files, before the first stage of a run starts: a malformed
+    # file fails the run at once rather than after hours of synthesis and training.
+    preflight: Callable[[RunConfig], None] | None = None
 
 
 STAGES = [
@@ -47,13 +50,13 @@ STAGES = [
     Stage("synthesize", synthesize.run, ("generator", "synthesis", "train.encoder", "train.prefix"),
           {"train": ("seeds", "train"), "registry": ("adapters", "registry")}, uses_ray=True, resumable=("answers",)),
     # The margin filter scores triplets with the base encoder, so the filter depends on which one it is.
-    Stage("filter", filter.run, ("filter", "synthesis", "train.encoder", "train.prefix"),
+    Stage("filter", filtering.run, ("filter", "synthesis", "train.encoder", "train.prefix"),
           {"generations": ("synthesize", "generations")}),
     Stage("train", train.run, ("train", "seed", "languages", "synthesis.strategies"), {"triplets": ("filter", "triplets")},
           uses_ray=True, resumable=("checkpoints",)),  # Ray Train resumes a run of the same name (train.py)
     Stage("evaluate", evaluate.run, ("evaluate", "train"),
           {"eval": ("seeds", "eval"), "models": ("train", "models"), "triplets": ("filter", "triplets"),
-           "fidelity": ("filter", "fidelity")}),
+           "fidelity": ("filter", "fidelity")}, preflight=evaluate.check_user_files),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -231,6 +234,7 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, force: bool = 
                  log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run the named stages (default: all) in pipeline order; return their manifests."""
     chosen = [s for s in STAGES if stages is None or s.name in stages]
-    if any(s.name == "evaluate" for s in chosen):
-        evaluate.check_user_files(cfg)
+    for s in chosen:
+        if s.preflight:
+            s.preflight(cfg)
     return {s.name: run_stage(cfg, s, force=force, log=log) for s in chosen}

@@ -22,80 +22,19 @@ import hashlib
 import json
 import math
 import os
-import random
-import re
-from functools import lru_cache
-from importlib import resources
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import pycountry
 
+from pipeline.adapter_registry import find_adapter, read_registry, registry_by_language
 from pipeline.config import RunConfig
 from pipeline.engines import OK  # the one "no problem" status of every engine and of generations rows
 from pipeline.manifest import StageOutput, join, read_json, reset_dir, write_json
+from pipeline.prompts import ROLES, build_messages, language_name, parse_answer
 
 REQUIRED_COLUMNS = {"id", "lang", "text"}
 REFERENCE = "reference"  # the seeds' optional column: the anchor's human English translation
-ROLES = ("positive", "negative")
-
-ROLE_INSTRUCTIONS = {
-    "positive": "Write one {language} sentence that means the same as the sentence below, or that follows from it.",
-    "negative": "Write one {language} sentence on the same topic as the sentence below that contradicts it.",
-}
-SYSTEM_PROMPT = "You write single sentences for a dataset of sentence pairs. Answer with the sentence only."
-_LABEL = re.compile(r"^\s*(sentence|answer|output|positive|negative|hypothesis|english|translation|response)\s*\d*\s*[:：-]\s*", re.I)
-_REFUSAL = re.compile(r"^(i'?m sorry|i am sorry|i cannot|i can'?t|as an ai|sorry,)", re.I)
-
-
-# ---------------------------------------------------------------- prompts and parsing (pure)
-
-def language_name(code: str) -> str:
-    lang = pycountry.languages.get(alpha_3=code)
-    return lang.name if lang else code
-
-
-def is_short_latin(text: str, limit: int) -> bool:
-    # Byte-level tokenizers spend 3-4x more tokens on other scripts; prompt length is generation time.
-    return len(text) <= limit and all(ord(c) < 0x250 for c in text)
-
-
-@lru_cache(maxsize=1)
-def fewshot_pool() -> dict[str, list[tuple[str, str]]]:
-    """Short Latin-script (anchor, output) pairs per role from the bundled cross-lingual NLI pairs."""
-    path = resources.files("pipeline.corpus") / "xnli_pairs.parquet"
-    rows = pq.read_table(str(path)).to_pylist()
-    return {
-        role: [(r["anchor"], r["output"]) for r in rows if r["role"] == role and is_short_latin(r["anchor"], 110) and len(r["output"]) <= 90]
-        for role in ROLES
-    }
-
-
-def build_messages(anchor: str, role: str, row_id: str, output_language: str, num_shots: int) -> list[dict]:
-    """A few-shot chat for one anchor and role; shots are chosen by the row id, so reruns are identical."""
-    instruction = ROLE_INSTRUCTIONS[role].format(language=output_language)
-    shots = random.Random(f"{row_id}/{role}").sample(fewshot_pool()[role], num_shots)
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-    for shot_anchor, shot_output in shots:
-        messages.append({"role": "user", "content": f"{instruction}\nSentence: {shot_anchor}"})
-        messages.append({"role": "assistant", "content": shot_output})
-    messages.append({"role": "user", "content": f"{instruction}\nSentence: {anchor}"})
-    return messages
-
-
-def parse_answer(raw: str) -> tuple[str | None, str]:
-    """(sentence, "ok") or (None, reason) for one generated answer."""
-    lines = [line.strip() for line in raw.strip().splitlines() if line.strip()]
-    if not lines:
-        return None, "unparseable:empty"
-    text = _LABEL.sub("", lines[0]).strip().strip("\"'“”«»").strip()
-    if not text:
-        return None, "unparseable:label_only"
-    if _REFUSAL.match(text):
-        return None, "unparseable:refusal"
-    return text, OK
-
 
 # ---------------------------------------------------------------- requests and triplets (pure)
 
@@ -106,8 +45,6 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
     The parallel strategy asks only for generated negatives, written from the anchor's English reference, and only
     for anchors that have one.
     """
-    from pipeline.adapters import find_adapter
-
     by_lang = registry_by_language(registry)
     requests = []
     for row in seeds:
@@ -133,18 +70,6 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
                                  "anchor": row["text"], "messages": json.dumps(messages, ensure_ascii=False)})
     requests.sort(key=lambda r: (r["adapter"], len(r["anchor"])))
     return requests
-
-
-def registry_by_language(registry: list[dict]) -> dict[str | None, list[dict]]:
-    """Registry rows per language (None: adapters that serve every language), each list in registry order.
-
-    With thousands of languages the registry has thousands of rows: a request looks only at its language's few
-    and the shared ones, instead of scanning the whole registry (which made planning quadratic in languages).
-    """
-    by_lang: dict[str | None, list[dict]] = {}
-    for r in registry:
-        by_lang.setdefault(r["lang"], []).append(r)
-    return by_lang
 
 
 def given_answers(seeds: list[dict], strategies: list[str]) -> list[dict]:
@@ -322,7 +247,6 @@ MINING_MARGIN = 0.05
 
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
-    from pipeline.adapters import read_registry
     from pipeline.models import resolve_model
 
     seeds_path = inputs["train"]

@@ -1,17 +1,21 @@
 """Stage `train`: triplets -> a fine-tuned sentence encoder (Ray Train TorchTrainer, DDP).
 
 The loss is InfoNCE over in-batch negatives plus the hard negative, with candidates gathered
-from every worker so the effective batch is the global one. Rank 0 checkpoints each epoch; a
-rerun of an interrupted run resumes from the last checkpoint. The result is exported as a
+from every worker so the effective batch is the global one (optionally cached: GradCache, for
+large batches in small memory). One Ray Train run trains every model of the stage (one per
+strategy, plus the baseline) in turn. Rank 0 checkpoints each epoch; a rerun of an interrupted
+run resumes from the last checkpoint, skipping finished models. Each model is exported as a
 sentence-transformers folder that `SentenceTransformer(path)` loads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +28,6 @@ from pipeline.config import RunConfig
 from pipeline.manifest import StageOutput, join
 
 REQUIRED_COLUMNS = {"anchor", "positive", "negative"}
-# Triplet files up to this size (uncompressed) are read by the driver and handed to Ray as one table.
-IN_MEMORY_TRIPLETS_BYTES = 64 * 1024 * 1024
 
 
 # ---------------------------------------------------------------- model pieces (pure torch)
@@ -81,96 +83,261 @@ def triplet_encoder(model, pooling: str):
     return TripletEncoder()
 
 
+COLUMNS = ("anchor", "positive", "negative")
+
+
+def tokenize(tokenizer, texts, cfg: dict, device) -> dict:
+    """Texts -> the encoder's inputs as training feeds it (prefix, truncation at max_length, padded to the longest)."""
+    enc = tokenizer([cfg["prefix"] + str(t) for t in texts], padding=True, truncation=True, max_length=cfg["max_length"],
+                    return_tensors="pt")
+    return {k: v.to(device) for k, v in enc.items()}
+
+
 def embed_triplets(encoder, tokenizer, batch: dict, cfg: dict):
     """Anchors, positives and negatives of a batch -> three [b, d] tensors (`encoder`: a triplet_encoder)."""
     device = next(encoder.parameters()).device
-    encodings = []
-    for col in ("anchor", "positive", "negative"):
-        enc = tokenizer([cfg["prefix"] + str(t) for t in batch[col]], padding=True, truncation=True,
-                        max_length=cfg["max_length"], return_tensors="pt")
-        encodings.append({k: v.to(device) for k, v in enc.items()})
-    return encoder(*encodings)
+    return encoder(*(tokenize(tokenizer, batch[col], cfg, device) for col in COLUMNS))
+
+
+def contrastive_loss(batch: dict, cfg: dict):
+    """(anchor, positive, negative embeddings of this worker's rows) -> InfoNCE over the global batch's candidates,
+    with the positive's repeated texts masked out. The same function for the cached and the uncached step."""
+    import torch
+
+    from pipeline.losses import gather_ids, gather_with_grad, info_nce, repeated_positives, text_ids
+
+    positive_ids, negative_ids = text_ids(batch["positive"]), text_ids(batch["negative"])
+
+    def loss(anchor, positive, negative):
+        candidate_ids = torch.cat([positive_ids, negative_ids])
+        if cfg["gather_across_workers"]:
+            positive, offset = gather_with_grad(positive)
+            negative, _ = gather_with_grad(negative)
+            candidate_ids = torch.cat([gather_ids(positive_ids), gather_ids(negative_ids)])
+        else:
+            offset = 0
+        return info_nce(anchor, positive, negative, cfg["temperature"], offset,
+                        repeated_positives(positive_ids, candidate_ids, offset))
+
+    return loss
+
+
+def backward_step(encoder, tokenizer, batch: dict, cfg: dict):
+    """The loss of one batch, backpropagated into the encoder's gradients; returns the loss (a 0-d tensor).
+
+    With train.mini_batch_size, GradCache embeds that many texts at a time (losses.grad_cached_backward): the same
+    gradients as one pass over the batch, with the activations of one mini-batch in memory.
+    """
+    from contextlib import nullcontext
+
+    from pipeline.losses import grad_cached_backward
+
+    loss_fn = contrastive_loss(batch, cfg)
+    size = cfg["mini_batch_size"]
+    if not size:
+        loss = loss_fn(*embed_triplets(encoder, tokenizer, batch, cfg))
+        loss.backward()
+        return loss
+    device = next(encoder.parameters()).device
+    chunks = [[tokenize(tokenizer, batch[col][i:i + size], cfg, device) for i in range(0, len(batch[col]), size)]
+              for col in COLUMNS]
+    return grad_cached_backward(lambda col, i: encoder(chunks[col][i])[0], [len(c) for c in chunks], loss_fn,
+                                no_sync=getattr(encoder, "no_sync", nullcontext))
+
+
+# ---------------------------------------------------------------- batches (the same on every worker, no Ray)
+
+def epoch_batches(rows: int, batch_size: int, seed: int) -> list:
+    """Row indices of each global batch of one epoch: a permutation of all rows drawn by numpy's default_rng(seed),
+    cut into batch_size pieces (the last may be smaller).
+
+    This is the order Ray Data's local shuffle (`iter_batches(local_shuffle_seed=seed)`) gave the one-block dataset
+    of triplets that training used to stream, so the same seed trains the same model (test_train pins the equality).
+    Computed in the worker, it spares each model a Ray Data pipeline (a split-coordinator actor and a streaming
+    executor: 3-4 s before the first batch here, 15-30% of a small model's training).
+    """
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(rows)
+    return [order[i:i + batch_size] for i in range(0, rows, batch_size)]
+
+
+def worker_rows(batch_rows, world: int, rank: int):
+    """This worker's equal share of a global batch, or None when a share would be under 2 rows (every worker then
+    skips the batch together: the gathers of a step need all of them)."""
+    share = len(batch_rows) // world
+    return batch_rows[rank * share:(rank + 1) * share] if share >= 2 else None
 
 
 # ---------------------------------------------------------------- the Ray Train loop
 
+def trainable_state(model) -> dict:
+    """The parameters training changes (frozen ones, such as a frozen word-embedding matrix, stay the base model's):
+    all a checkpoint needs to rebuild the model from the base encoder."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_progress(checkpoint, finished_dir: str) -> dict:
+    """{"done": {variant: epoch history}, "current": {"variant", "epoch", "history"} or None, "state": the current
+    variant's training state or None} from the last checkpoint; copies the finished variants' weights to
+    finished_dir, so later checkpoints carry them on."""
+    import torch
+
+    if not checkpoint:
+        return {"done": {}, "current": None, "state": None}
+    with checkpoint.as_directory() as d:
+        with open(os.path.join(d, "progress.json")) as f:
+            progress = json.load(f)
+        for variant in progress["done"]:
+            shutil.copyfile(os.path.join(d, f"final-{variant}.pt"), os.path.join(finished_dir, f"final-{variant}.pt"))
+        current = os.path.join(d, "state.pt")
+        progress["state"] = torch.load(current, weights_only=False, map_location="cpu") if progress["current"] else None
+    return progress
+
+
+def save_checkpoint(d: str, progress: dict, finished_dir: str, state: dict | None) -> None:
+    """Write a checkpoint folder: progress.json, every finished variant's weights, the current variant's state."""
+    import torch
+
+    with open(os.path.join(d, "progress.json"), "w") as f:
+        json.dump({"done": progress["done"], "current": progress["current"]}, f)
+    for variant in progress["done"]:
+        finished, copy = os.path.join(finished_dir, f"final-{variant}.pt"), os.path.join(d, f"final-{variant}.pt")
+        try:
+            os.link(finished, copy)  # both under the temp dir: no bytes copied
+        except OSError:
+            shutil.copyfile(finished, copy)
+    if state is not None:
+        torch.save(state, os.path.join(d, "state.pt"))
+
+
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: trains every variant in turn, each from the base encoder with the same seed.
+
+    One worker group for every model of the stage: workers start, import torch and load the encoder once. Rank 0
+    checkpoints each epoch; the checkpoint carries the finished variants' weights and the current one's state, so a
+    restarted worker group (a killed worker, a rerun) skips what is done and resumes mid-variant.
+    """
+    import ray
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
-    from pipeline.losses import gather_ids, gather_with_grad, info_nce, repeated_positives, text_ids
-
     cfg = config["train"]
     torch.set_num_threads(cfg["torch_threads"] or max(1, math.ceil(cfg["cpus_per_worker"])))
-    torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
 
     tokenizer, model = load_encoder(config["encoder_path"], cfg["freeze_embeddings"])
-    if cfg["lora"]:  # --- LoRA hook (pipeline/encoder_lora.py): only the adapter's weights train
+    if cfg["lora"]:  # --- LoRA hook (pipeline/encoder_lora.py): only the adapters' weights train (each from one init)
         from pipeline import encoder_lora
 
         model = encoder_lora.wrap(model, cfg["lora"])
+    base = trainable_state(model)
+    encoder = triplet_encoder(model, cfg["pooling"])
+    # Wrapped once: the variants reset the same parameters in place, so DDP's hooks stay valid.
+    encoder = prepare_model(encoder) if world > 1 else encoder
+    encoder.train()
+
+    finished_dir = tempfile.mkdtemp(prefix="bootembed-train-")
+    try:
+        progress = restore_progress(ray.train.get_checkpoint(), finished_dir)
+        steps = StepReport(sum(v["steps_per_epoch"] for v in config["variants"]) * cfg["epochs"], rank == 0)
+        for variant in config["variants"]:
+            if variant["name"] in progress["done"]:
+                steps.done += variant["steps_per_epoch"] * cfg["epochs"]
+                continue
+            resume = progress["state"] if progress["current"] and progress["current"]["variant"] == variant["name"] else None
+            train_variant(variant, encoder, model, tokenizer, base, resume, progress, finished_dir, config, world, rank,
+                          steps)
+            progress["state"] = None
+    finally:
+        shutil.rmtree(finished_dir, ignore_errors=True)
+
+
+class StepReport:
+    """The stage's optimizer steps over every variant, printed as `[train] step N/M ...` for the console's bar.
+
+    Printed at most every REPORT_EVERY_S seconds and at each epoch's end: a CPU step takes seconds, a GPU step
+    milliseconds, and the log should read the same for both.
+    """
+
+    REPORT_EVERY_S = 5.0
+
+    def __init__(self, total: int, prints: bool):
+        self.total, self.done, self.prints, self.shown = total, 0, prints, 0.0
+
+    def step(self, text: str, end_of_epoch: bool = False) -> None:
+        self.done += 1
+        if self.prints and (end_of_epoch or time.monotonic() - self.shown >= self.REPORT_EVERY_S):
+            self.shown = time.monotonic()
+            print(f"[train] step {self.done}/{self.total} {text}", flush=True)
+
+
+def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: dict | None, progress: dict,
+                  finished_dir: str, config: dict, world: int, rank: int, steps: StepReport) -> None:
+    """Train one variant's model from the base encoder (or from `resume`), checkpointing each epoch."""
+    import ray
+    import ray.train
+    import torch
+
+    cfg = config["train"]
+    name, steps_per_epoch = variant["name"], variant["steps_per_epoch"]
+    with torch.no_grad():
+        for param_name, p in model.named_parameters():
+            if param_name in base:
+                p.copy_(base[param_name])
+    torch.manual_seed(config["seed"])  # each variant draws the dropout masks a run of its own would
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
-    total_steps = config["steps_per_epoch"] * cfg["epochs"]
+    total_steps = steps_per_epoch * cfg["epochs"]
     warmup = int(total_steps * cfg["warmup_ratio"])
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
     )
-
     start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-    encoder = triplet_encoder(model, cfg["pooling"])
-    encoder = prepare_model(encoder) if world > 1 else encoder
-    encoder.train()
+    if resume:
+        model.load_state_dict(resume["model"], strict=False)
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        start_epoch, history = resume["epoch"] + 1, progress["current"]["history"]
+    steps.done += start_epoch * steps_per_epoch
 
-    shard = ray.train.get_dataset_shard("train")
-    local_batch = cfg["batch_size"] // world
+    table = ray.get(variant["triplets"])
+    columns = {col: table[col].to_pylist() for col in COLUMNS}
     for epoch in range(start_epoch, cfg["epochs"]):
         started, seen, losses = time.perf_counter(), 0, []
-        for batch in shard.iter_batches(batch_size=local_batch, batch_format="numpy", local_shuffle_buffer_size=4 * local_batch,
-                                        local_shuffle_seed=config["seed"] + epoch):
-            if len(batch["anchor"]) < 2:
+        batches = epoch_batches(table.num_rows, cfg["batch_size"], config["seed"] + epoch)
+        for b, batch_rows in enumerate(batches):
+            rows = worker_rows(batch_rows, world, rank)
+            if rows is None:
+                steps.done += 1  # skipped by every worker alike: still one of the planned steps
                 continue
-            anchor, positive, negative = embed_triplets(encoder, tokenizer, batch, cfg)
-            positive_ids, negative_ids = text_ids(batch["positive"]), text_ids(batch["negative"])
-            candidate_ids = torch.cat([positive_ids, negative_ids])
-            if cfg["gather_across_workers"]:
-                positive, offset = gather_with_grad(positive)
-                negative, _ = gather_with_grad(negative)
-                candidate_ids = torch.cat([gather_ids(positive_ids), gather_ids(negative_ids)])
-            else:
-                offset = 0
-            loss = info_nce(anchor, positive, negative, cfg["temperature"], offset,
-                            repeated_positives(positive_ids, candidate_ids, offset))
+            batch = {col: [columns[col][i] for i in rows] for col in COLUMNS}
             optimizer.zero_grad()
-            loss.backward()
+            loss = backward_step(encoder, tokenizer, batch, cfg)
             optimizer.step()
             schedule.step()
-            seen += len(batch["anchor"])
+            seen += len(rows)
             losses.append(loss.item())
-            if rank == 0 and len(losses) % 10 == 0:
-                print(f"[train] epoch {epoch + 1} step {len(losses)}/{config['steps_per_epoch']} loss {loss.item():.4f}", flush=True)
+            steps.step(f"{name} epoch {epoch + 1}/{cfg['epochs']} loss {loss.item():.4f}", end_of_epoch=b == len(batches) - 1)
         seconds = time.perf_counter() - started
         metrics = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "steps": len(losses),
                    "samples_per_s": seen * world / max(seconds, 1e-9), "seconds": seconds}
         history.append(metrics)
+        last = epoch == cfg["epochs"] - 1
         if rank == 0:
+            if last:  # the final weights alone: nothing is left to resume
+                torch.save(trainable_state(model), os.path.join(finished_dir, f"final-{name}.pt"))
+                progress["done"][name], progress["current"], state = history, None, None
+            else:
+                progress["current"] = {"variant": name, "epoch": epoch, "history": history}
+                state = {"model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "epoch": epoch}
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "epoch": epoch, "history": history}, os.path.join(d, "state.pt"))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                save_checkpoint(d, progress, finished_dir, state)
+                ray.train.report({**metrics, "variant": name}, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
-            ray.train.report(metrics)
+            ray.train.report({**metrics, "variant": name})
 
 
 # ---------------------------------------------------------------- export
@@ -190,8 +357,10 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
     from pipeline.models import remember_model_kwargs
 
     tokenizer, model = load_encoder(encoder_path, freeze_embeddings=False)
-    if state_dict is not None:
-        model.load_state_dict(state_dict)
+    if state_dict is not None:  # the trained parameters; those it lacks (frozen ones) keep the base encoder's weights
+        unexpected = model.load_state_dict(state_dict, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"train: the trained weights name parameters {unexpected[:5]} that {encoder_path} lacks")
     # Trained without a pooler (DDP needs every parameter used): export without one, not a random one.
     no_pooler = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(type(model).__init__).parameters else {}
     if cfg.train.pooling == "avg_first_last":
@@ -256,33 +425,15 @@ def triplets_digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
-def triplets_dataset(path: str):
-    """The triplets as a Ray Dataset.
-
-    Speed only: `read_parquet` makes the worker's first batch wait for a Ray Data read task, which needs a
-    worker process that imports pyarrow / Ray Data first. On a 2-core machine that took 6-12 s, inside the
-    epoch timer (about 15% of a 256-triplet epoch; the per-step compute equals sentence-transformers').
-    Triplet files are small (the filter stage writes them from memory), so the driver reads them and Ray
-    gets the table: same rows, same order, one block either way, so the same batches and the same model.
-    """
-    import ray
-
-    meta = pq.read_metadata(path)
-    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    if size <= IN_MEMORY_TRIPLETS_BYTES:
-        return ray.data.from_arrow(pq.read_table(path))
-    return ray.data.read_parquet(path)
-
-
 BASELINE = "human_nli"  # human-made cross-lingual NLI triplets of 14 other languages (TrainConfig.human_nli_baseline)
 
 
 def human_nli_triplets(size: int, seed: int) -> pa.Table:
     """`size` human-made triplets: the bundled cross-lingual NLI pairs (anchor, English entailed / contradicting hypothesis)."""
-    from pipeline.adapters import bundled_pairs
+    from pipeline.corpus import xnli_pairs
 
     by_pair: dict[int, dict] = {}
-    for p in bundled_pairs():
+    for p in xnli_pairs():
         t = by_pair.setdefault(p["pair"], {"id": f"xnli-{p['pair']}", "lang": "mul", "strategy": BASELINE})
         t[p["role"]] = p["output"]
         if p["role"] == "positive":
@@ -352,20 +503,27 @@ def fit_max_length(cfg: RunConfig, encoder_path: str, triplet_files: list[str]) 
                         "truncated_share": sum(n > max_length for n in lengths) / max(1, len(lengths))}
 
 
-def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str, variant: str,
-                  max_length: int) -> tuple[dict, dict]:
-    """One Ray Train run on one triplet file -> (final model state, details)."""
+def train_encoders(cfg: RunConfig, encoder_path: str, sets: dict[str, str], out_dir: str,
+                   max_length: int) -> dict[str, tuple[dict, dict]]:
+    """One Ray Train run that trains a model per triplet file in turn -> {variant: (trained parameters, details)}.
+
+    The trained parameters are those training changes (a frozen embedding matrix stays the base encoder's).
+    """
+    import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    rows = pq.read_metadata(triplets).num_rows
-    steps_per_epoch = math.ceil(rows / cfg.train.batch_size)
+    tables = {variant: pq.read_table(path, columns=list(COLUMNS)) for variant, path in sets.items()}
+    steps = {variant: math.ceil(t.num_rows / cfg.train.batch_size) for variant, t in tables.items()}
+    # The tables go through the object store: one copy per node, read by every worker (no shared file system needed).
+    variants = [{"name": v, "triplets": ray.put(t), "steps_per_epoch": steps[v]} for v, t in tables.items()]
     loop_config = {"train": {**cfg.train.model_dump(mode="json"), "max_length": max_length}, "seed": cfg.seed,
-                   "encoder_path": encoder_path, "steps_per_epoch": steps_per_epoch}
+                   "encoder_path": encoder_path, "variants": variants}
     # Same triplets + same train config -> same name, so Ray Train resumes an interrupted run.
-    name = f"ray-{variant}-{cfg.section_hash('train', 'seed')}-{triplets_digest(triplets)}"
+    digest = hashlib.sha256(json.dumps({v: triplets_digest(p) for v, p in sets.items()}).encode()).hexdigest()[:12]
+    name = f"ray-{cfg.section_hash('train', 'seed')}-{digest}"
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -375,15 +533,19 @@ def train_encoder(cfg: RunConfig, encoder_path: str, triplets: str, out_dir: str
         run_config=TrainRunConfig(name=name, storage_path=os.path.abspath(join(out_dir, "checkpoints")),
                                   checkpoint_config=CheckpointConfig(num_to_keep=1),
                                   failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
-        datasets={"train": triplets_dataset(triplets)},
     )
     result = trainer.fit()
+    trained = {}
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), weights_only=False)
-    history = state["history"]  # kept in the checkpoint, so it survives a resumed run
-    return state["model"], {"triplets": rows, "steps": steps_per_epoch * cfg.train.epochs, "final_loss": history[-1]["loss"],
-                            "max_length": max_length,
-                            "epochs": history, "samples_per_s": history[-1]["samples_per_s"]}
+        with open(os.path.join(d, "progress.json")) as f:
+            done = json.load(f)["done"]  # each variant's epochs, kept in the checkpoint so they survive a resumed run
+        for variant, history in done.items():
+            state = torch.load(os.path.join(d, f"final-{variant}.pt"), weights_only=True, map_location="cpu")
+            trained[variant] = state, {
+                "triplets": tables[variant].num_rows, "steps": steps[variant] * cfg.train.epochs,
+                "final_loss": history[-1]["loss"], "max_length": max_length, "epochs": history,
+                "samples_per_s": history[-1]["samples_per_s"]}
+    return trained
 
 
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
@@ -408,16 +570,16 @@ def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
         if not cfg.train.lora.keep_full_finetune:
             sets = {v: p for v, p in sets.items() if v == BASELINE}
         cfg, lora_cfg = encoder_lora.without_lora(cfg), cfg  # the full fine-tunes below train every weight
-    models_dir, variants = join(out_dir, "models"), {}
     for variant, path in sets.items():
         print(f"[train] {variant}: {pq.read_metadata(path).num_rows} triplets", flush=True)
-        state, details = train_encoder(cfg, encoder_path, path, out_dir, variant, max_length)
+    models_dir, variants = join(out_dir, "models"), {}
+    for variant, (state, details) in (train_encoders(cfg, encoder_path, sets, out_dir, max_length) if sets else {}).items():
         export_sentence_transformer(encoder_path, state, cfg, join(models_dir, variant), {**details, "variant": variant},
                                     max_length)
         variants[variant] = details
-    if lora_cfg:  # --- LoRA hook: train, save and export the adapters (merged too), write their registry
+    if lora_cfg:  # --- LoRA hook: train (one Ray Train run for all), save and export the adapters, write their registry
         variants.update(encoder_lora.train_adapters(lora_cfg, encoder_path, lora_sets, lora_labels, out_dir, max_length,
-                                                    train_encoder, export_sentence_transformer))
+                                                    train_encoders, export_sentence_transformer))
     return StageOutput(
         outputs={"models": models_dir, **({"lora": join(out_dir, "lora")} if lora_cfg else {})},
         counts={"models": len(variants), "triplets": sum(v["triplets"] for v in variants.values()),

@@ -41,6 +41,18 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def serve_url(ray_local) -> str:
+    """One Ray Serve instance (controller and HTTP proxy) on a free loopback port, shared by every test that deploys
+    an application: each deploys under its own name and route prefix and deletes what it deployed."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
 def cache_dir() -> str:
     return CACHE_DIR
 

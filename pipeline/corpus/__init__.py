@@ -27,10 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["load_udhr", "udhr_languages"]
+__all__ = ["load_udhr", "udhr_languages", "xnli_pairs"]
 
 _PARQUET = "udhr.parquet"
 _LANGUAGES = "languages.json"
+_XNLI_PAIRS = "xnli_pairs.parquet"
 
 
 def _resource(name: str):
@@ -86,3 +87,16 @@ def load_udhr(langs: list[str] | None = None) -> pa.Table:
             f"(e.g. 'eng', 'swh', 'yor'), see udhr_languages()"
         )
     return table.filter(pc.is_in(table["lang"], value_set=pa.array(wanted, pa.string())))
+
+
+@lru_cache(maxsize=1)
+def _xnli_table() -> pa.Table:
+    with _resource(_XNLI_PAIRS).open("rb") as f:
+        return pq.read_table(f)
+
+
+def xnli_pairs() -> list[dict]:
+    """The bundled cross-lingual NLI pairs (see NOTICE.xnli): role ("positive" | "negative"), pair, anchor (one of 14
+    languages) and output (English). The XL-LoRA adapters and the human_nli baseline train on them; the few-shot pool
+    of in-context prompts is drawn from them. Returns fresh rows."""
+    return _xnli_table().to_pylist()

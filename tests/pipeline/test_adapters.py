@@ -11,12 +11,11 @@ from pipeline.adapters import (
     AdapterJob,
     compose_adapters,
     encode_examples,
-    find_adapter,
-    format_registry,
     plan_jobs,
     read_task_data,
     train_adapter,
 )
+from pipeline.adapter_registry import find_adapter, format_registry, read_registry
 from tests.conftest import random_adapter
 
 pytestmark = pytest.mark.timeout(600)
@@ -69,7 +68,7 @@ def test_chat_examples_teach_only_the_answer_and_skip_what_does_not_fit(generato
 
 def test_training_an_adapter_lowers_its_loss_and_saves_a_peft_folder(tiny_generator, make_config, tmp_path):
     job = AdapterJob("lang-yor", "language", None, "yor", "test", texts=["Gbogbo ènìyàn ni a bí ní òmìnira."] * 4)
-    cfg = make_config(adapters={"steps": 20, "batch_size": 2, "lr": 5e-2, "rank": 4}).adapters.model_dump()
+    cfg = make_config(adapters={"steps": 20, "batch_size": 2, "lr": 5e-2, "rank": 4}).adapters
     stats = train_adapter(tiny_generator, job, cfg, str(tmp_path / "a"), seed=0)
     # A random 64-wide model has tiny logits, so even memorising one sentence moves its loss slowly (deterministic run).
     assert stats["loss_last"] < stats["loss_first"] - 0.2
@@ -112,7 +111,7 @@ def test_stage_trains_composes_and_registers_every_adapter(ray_local, make_confi
                       adapters={"steps": 2, "batch_size": 2, "rank": 4})
     result = adapters.run(cfg, {"train": str(seeds)}, str(tmp_path / "adapters"))
 
-    registry = adapters.read_registry(result.outputs["registry"])
+    registry = read_registry(result.outputs["registry"])
     names = {r["name"] for r in registry}
     assert names == {"xllora-positive", "xllora-negative", "task-positive", "task-negative", "lang-fra", "lang-yor", "lang-kha",
                      "composition-positive-yor", "composition-negative-yor", "composition-positive-kha",
@@ -136,7 +135,7 @@ def test_external_adapters_are_registered_not_trained(ray_local, make_config, ti
     external = {f"xllora-{role}": str(tmp_path / f"published-{role}") for role in ("positive", "negative")}
     cfg = make_config(generator={"model": tiny_generator}, synthesis={"strategies": ["xllora"]}, adapters={"external": external})
     result = adapters.run(cfg, {"train": str(seeds)}, str(tmp_path / "adapters"))
-    registry = adapters.read_registry(result.outputs["registry"])
+    registry = read_registry(result.outputs["registry"])
     assert result.counts == {"adapters": 2, "trained": 0}
     assert {r["name"]: r["path"] for r in registry} == external
     assert all(r["data"].startswith("external: ") for r in registry)

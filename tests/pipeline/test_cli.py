@@ -21,7 +21,7 @@ def test_adapters_list_shows_the_registry_or_says_what_to_run(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.adapters import REGISTRY_SCHEMA, registry_row
+    from pipeline.adapter_registry import REGISTRY_SCHEMA, registry_row
 
     result = runner.invoke(app, ["adapters", "list", str(tmp_path)])
     assert result.exit_code == 2 and "no adapter registry" in result.output and "bootembed adapters train" in result.output

@@ -117,3 +117,17 @@ def test_a_console_in_a_process_with_ray_up_leaves_ray_env_and_streams_as_it_fou
     assert dict(os.environ) == env and (sys.stdout, sys.stderr) == streams
     log = Path(console.log_path).read_text()
     assert "a line for the log" in log and "WARNING some.library: a library's warning" in log
+
+
+def test_a_workers_step_lines_drive_the_stage_bar(tmp_path):
+    """Ray Train's workers print `[train] step N/M ...`: the driver's console turns them into the train bar."""
+    from pipeline._console import Console
+
+    with Console(str(tmp_path / "logs"), "test", stages=["train"]) as console:
+        console.started("train")
+        print("(RayTrainWorker pid=1) [train] step 7/18 parallel epoch 2/3 loss 2.1615")
+        assert (console.done, console.total, console.unit) == (7, 18, "steps")
+        print("(RayTrainWorker pid=1) [train] parallel: 97 triplets")  # a stage line without a count leaves the bar
+        assert (console.done, console.total) == (7, 18) and console.detail == "parallel: 97 triplets"
+        print("[evaluate] step 3/4")  # another stage's line is not this stage's progress
+        assert (console.done, console.total) == (7, 18)

@@ -166,7 +166,7 @@ def test_a_run_kept_in_s3_runs_every_stage_and_resumes_from_the_bucket(ray_local
 
     import pyarrow.fs as pafs
 
-    from pipeline.adapters import read_registry
+    from pipeline.adapter_registry import read_registry
     from pipeline.run import local_stage_dir, mirror_root
 
     cfg = make_config(

@@ -6,33 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import synthesize
-from pipeline.synthesize import OK, build_messages, count_reasons, parse_answer
+from pipeline.synthesize import OK, count_reasons
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.mark.parametrize("raw, expected", [
-    ("Everyone has the right to live.", ("Everyone has the right to live.", OK)),
-    ("  Sentence: \"Everyone may live.\"\nExplanation: ...", ("Everyone may live.", OK)),
-    ("Positive 1: All people are free.", ("All people are free.", OK)),
-    ("", (None, "unparseable:empty")),
-    ("   \n  ", (None, "unparseable:empty")),
-    ("Answer:", (None, "unparseable:label_only")),
-    ("I'm sorry, I cannot help with that.", (None, "unparseable:refusal")),
-])
-def test_parse_answer_keeps_the_sentence_and_names_what_it_rejects(raw, expected):
-    assert parse_answer(raw) == expected
-
-
-def test_prompts_are_few_shot_chats_chosen_reproducibly_per_row():
-    a = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor-1", "English", 2)
-    b = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor-1", "English", 2)
-    c = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor-2", "English", 2)
-    assert a == b and a != c
-    assert [m["role"] for m in a] == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert "contradicts" in a[-1]["content"] and a[-1]["content"].endswith("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.")
-    positive = build_messages("x", "positive", "yor-1", "English", 0)
-    assert "means the same" in positive[-1]["content"] and len(positive) == 2
 
 
 def test_drop_reasons_are_counted_per_role():

@@ -22,6 +22,16 @@ def triplets(tmp_path):
     return str(path)
 
 
+@pytest.fixture
+def two_models_triplets(tmp_path):
+    """The learnable triplets twice, as two strategies: the stage trains a model for each."""
+    rows = [{"id": f"{s}{i}", "lang": "yor", "strategy": s, "anchor": f"the {w} is near", "positive": f"a {w} nearby",
+             "negative": f"a {WORDS[(i + 5) % len(WORDS)]} far away"} for s in ("icl", "parallel") for i, w in enumerate(WORDS)]
+    path = tmp_path / "two_models.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
 def train_config(make_config, encoder, **train_fields):
     fields = {"encoder": encoder, "batch_size": 8, "epochs": 3, "lr": 1e-3, "cpus_per_worker": 0.5, "max_length": 16,
               "human_nli_baseline": False}
@@ -51,9 +61,10 @@ def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_l
     assert not any("pooler" in name for name, _ in model[0].auto_model.named_parameters())
 
 
-def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local, make_config, tiny_encoder, triplets, tmp_path):
+def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local, make_config, tiny_encoder,
+                                                                      two_models_triplets, tmp_path):
     """Training is deterministic, so equal models alone would pass a rerun from scratch too: the rerun must train no
-    step, i.e. save no checkpoint and keep the first run's record of its epochs (wall times included)."""
+    step of either model, i.e. save no checkpoint and keep the first run's record of each model's epochs."""
     import glob
     import os
 
@@ -62,18 +73,54 @@ def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local
         return {p: os.stat(p).st_mtime_ns for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)}
 
     cfg = train_config(make_config, tiny_encoder, epochs=2)
-    first = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    cfg.synthesis.strategies = ["icl", "parallel"]
+    first = train.run(cfg, {"triplets": two_models_triplets}, str(tmp_path / "train"))
     saved = checkpoint_files()
-    assert any(p.endswith("state.pt") for p in saved), saved
-    again = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    # One Ray Train run for both models; its last checkpoint holds both models' final weights.
+    assert {os.path.basename(p) for p in saved} == {"progress.json", "final-icl.pt", "final-parallel.pt"}, saved
+    again = train.run(cfg, {"triplets": two_models_triplets}, str(tmp_path / "train"))
 
     assert checkpoint_files() == saved, "every trained epoch saves a checkpoint: the rerun saved one, so it trained"
-    history = first.details["variants"]["icl"]["epochs"]
-    assert [e["epoch"] for e in history] == [0, 1]
-    assert again.details["variants"]["icl"]["epochs"] == history, "the rerun's epochs are the first run's, not retrained"
-    a = SentenceTransformer(first.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"])
-    b = SentenceTransformer(again.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"])
-    assert np.allclose(a, b, atol=1e-6)
+    for variant in ("icl", "parallel"):
+        history = first.details["variants"][variant]["epochs"]
+        assert [e["epoch"] for e in history] == [0, 1]
+        assert again.details["variants"][variant]["epochs"] == history, "the rerun's epochs are the first run's"
+        a = SentenceTransformer(f"{first.outputs['models']}/{variant}", device="cpu").encode(["a river nearby"])
+        b = SentenceTransformer(f"{again.outputs['models']}/{variant}", device="cpu").encode(["a river nearby"])
+        assert np.allclose(a, b, atol=1e-6)
+    # Same triplets, same seed, same base encoder: each model is trained as if it were the only one.
+    icl = SentenceTransformer(f"{first.outputs['models']}/icl", device="cpu").encode(["a river nearby"])
+    parallel = SentenceTransformer(f"{first.outputs['models']}/parallel", device="cpu").encode(["a river nearby"])
+    assert np.allclose(icl, parallel, atol=1e-6), "the second model starts from the base encoder, not from the first"
+
+
+def test_epoch_batches_are_the_batches_ray_data_streamed(ray_local):
+    """Training used to stream the triplets through Ray Data's local shuffle; the worker now draws the same batches
+    itself, so the same seed still trains the same model. Ray Data's order for a one-block dataset pins it."""
+    table = pa.table({"row": list(range(37))})
+    for seed, batch_size in ((0, 8), (3, 16), (7, 5)):
+        streamed = [list(b["row"]) for b in ray_local.data.from_arrow(table).iter_batches(
+            batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed)]
+        assert streamed == [list(b) for b in train.epoch_batches(37, batch_size, seed)], (seed, batch_size)
+
+
+def test_each_worker_takes_an_equal_share_of_the_global_batch_or_all_skip_it():
+    import numpy as np
+
+    rows = np.arange(10, 17)  # 7 rows over 2 workers: 3 each, the 7th left out so the gathers have equal shapes
+    assert [list(train.worker_rows(rows, 2, r)) for r in (0, 1)] == [[10, 11, 12], [13, 14, 15]]
+    assert train.worker_rows(np.arange(3), 2, 0) is None and train.worker_rows(np.arange(3), 2, 1) is None
+    assert list(train.worker_rows(np.arange(3), 1, 0)) == [0, 1, 2]
+
+
+def test_the_cached_loss_trains_two_ddp_workers(ray_local, make_config, tiny_encoder, triplets, tmp_path):
+    """train.mini_batch_size: GradCache in mini-batches of 2 texts, negatives gathered across two gloo workers."""
+    cfg = train_config(make_config, tiny_encoder, num_workers=2, mini_batch_size=2)
+    result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+
+    losses = [epoch["loss"] for epoch in result.details["variants"]["icl"]["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert SentenceTransformer(result.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"]).shape == (1, 32)
 
 
 def test_too_few_triplets_is_a_clear_error(make_config, tiny_encoder, tmp_path):
@@ -133,32 +180,56 @@ def our_train_workers() -> list:
 
 @pytest.mark.slow
 def test_a_killed_training_worker_is_replaced_and_training_resumes_from_its_checkpoint(ray_local, make_config, tiny_encoder,
-                                                                                       triplets, tmp_path):
+                                                                                       two_models_triplets, tmp_path):
+    """Killed while training the second of two models: the first is not retrained, the second resumes mid-way."""
     import glob
+    import json
     import os
     import signal
     import threading
     import time
 
-    cfg = train_config(make_config, tiny_encoder, epochs=40, max_failures=2)
+    cfg = train_config(make_config, tiny_encoder, epochs=20, max_failures=2)
+    cfg.synthesis.strategies = ["icl", "parallel"]
     killed: list[int] = []
 
-    def kill_a_worker_after_the_first_checkpoint():
+    def training_the_second_model() -> bool:
+        for progress in glob.glob(str(tmp_path / "train" / "checkpoints" / "*" / "checkpoint_*" / "progress.json")):
+            try:
+                with open(progress) as f:
+                    current = json.load(f)["current"]
+            except (OSError, ValueError):  # being written or already replaced
+                continue
+            if current and current["variant"] == "parallel":
+                return True
+        return False
+
+    def kill_a_worker_in_the_second_model():
         deadline = time.monotonic() + 300
         while not killed and time.monotonic() < deadline:
-            if glob.glob(str(tmp_path / "train" / "checkpoints" / "*" / "checkpoint_*")):
+            if training_the_second_model():
                 for worker in our_train_workers():
                     os.kill(worker.pid, signal.SIGKILL)  # as a lost node would
                     killed.append(worker.pid)
                     return
             time.sleep(0.1)
 
-    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint)
+    killer = threading.Thread(target=kill_a_worker_in_the_second_model)
     killer.start()
-    result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    result = train.run(cfg, {"triplets": two_models_triplets}, str(tmp_path / "train"))
     killer.join()
 
     assert killed, "the test never found a training worker to kill"
-    epochs = [e["epoch"] for e in result.details["variants"]["icl"]["epochs"]]
-    assert epochs == list(range(40)), "every epoch once: resumed from the checkpoint, none lost, none repeated"
-    assert SentenceTransformer(result.outputs["models"] + "/icl", device="cpu").encode(["a river nearby"]).shape == (1, 32)
+    for variant in ("icl", "parallel"):
+        epochs = [e["epoch"] for e in result.details["variants"][variant]["epochs"]]
+        assert epochs == list(range(20)), f"{variant}: every epoch once: resumed from the checkpoint, none lost, none repeated"
+        model = SentenceTransformer(f"{result.outputs['models']}/{variant}", device="cpu")
+        assert model.encode(["a river nearby"]).shape == (1, 32)
+
+
+def test_a_mini_batch_as_large_as_the_worker_batch_is_a_clear_error(make_config, tiny_encoder):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.mini_batch_size \(16\) must be smaller than the batch each worker embeds, "
+                                          r"train.batch_size / train.num_workers \(16\); leave it empty"):
+        train_config(make_config, tiny_encoder, batch_size=32, num_workers=2, mini_batch_size=16)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.conftest import METRICS_PORT, free_port
+from tests.conftest import METRICS_PORT
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,23 +30,21 @@ TEXTS = ["Ẹ kú àárọ̀, báwo ni?", "Kumno phi long?", "The cat sat on the
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_encoder, minilm_path):
-    """{"url": ..., "models": {name: path}} of the running application; shut down after the module."""
+def server(serve_url, tiny_encoder, minilm_path):
+    """{"url": ..., "models": {name: path}} of the running application; deleted after the module."""
     from ray import serve
 
     from serve.app import API_KEY_ENV, AppArgs, build_app
 
     models = {"tiny": tiny_encoder, "minilm": minilm_path}
     os.environ.pop(API_KEY_ENV, None)  # a developer's own key would otherwise be required here
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         # A longer batch wait than the default makes concurrent requests share batches reliably.
         serve.run(build_app(AppArgs(models=models, batch_wait_timeout_s=0.05, max_inputs=MAX_INPUTS)), name=APP,
                   route_prefix="/")
-        yield {"url": f"http://127.0.0.1:{port}", "models": models}
+        yield {"url": serve_url, "models": models}
     finally:
-        serve.shutdown()
+        serve.delete(APP)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import free_port, merged_encoder, random_encoder_adapter
+from tests.conftest import merged_encoder, random_encoder_adapter
 from tests.serve.test_app import TEXTS, http
 
 pytestmark = pytest.mark.timeout(300)
@@ -41,7 +41,7 @@ def other_encoder(tiny_encoder: str, path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def lora(ray_local, tmp_path_factory, tiny_encoder):
+def lora(serve_url, tmp_path_factory, tiny_encoder):
     """{"url", "adapters": {name: folder}, "merged": {name: folder}}, served: 4 adapters + wrong base + late-broken."""
     from ray import serve
 
@@ -58,8 +58,6 @@ def lora(ray_local, tmp_path_factory, tiny_encoder):
     late = random_encoder_adapter(tiny_encoder, str(root / "late"), seed=10)
 
     os.environ.pop(API_KEY_ENV, None)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         models = {**adapters, "demo/wrong": wrong, "demo/late": late, "plain": tiny_encoder}
         # max_adapters_per_replica 3 < 4 adapters in use: the stream below also evicts and reloads adapters.
@@ -67,10 +65,10 @@ def lora(ray_local, tmp_path_factory, tiny_encoder):
                   route_prefix="/")
         deployments = serve.status().applications[APP].deployments
         assert set(deployments) == {"Api", DEPLOYMENT, "Encoder-plain"}, deployments
-        yield {"url": f"http://127.0.0.1:{port}", "adapters": adapters, "merged": merged, "late": late,
+        yield {"url": serve_url, "adapters": adapters, "merged": merged, "late": late,
                "base": tiny_encoder}
     finally:
-        serve.shutdown()
+        serve.delete(APP)
 
 
 @pytest.fixture(scope="module")

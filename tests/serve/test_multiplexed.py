@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
 from tests.serve.test_app import TEXTS, check_embeddings, http, truncated
 
 pytestmark = pytest.mark.timeout(300)
@@ -45,7 +44,7 @@ def minilm_copy(minilm_path: str, path: Path, change: str | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def many(ray_local, tmp_path_factory, minilm_path, tiny_encoder):
+def many(serve_url, tmp_path_factory, minilm_path, tiny_encoder):
     """{"url", "models"}: four models (one broken) behind one multiplexed deployment of 1 replica x 2 models."""
     from ray import serve
 
@@ -60,17 +59,15 @@ def many(ray_local, tmp_path_factory, minilm_path, tiny_encoder):
     models["broken"] = str(broken)
 
     os.environ.pop(API_KEY_ENV, None)  # a developer's own key would otherwise be required here
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         # 4 models > multiplex_above=3: the app chooses one multiplexed deployment by itself.
         serve.run(build_app(AppArgs(models=models, multiplex_above=3, max_models_per_replica=2)), name=APP,
                   route_prefix="/")
         deployments = serve.status().applications[APP].deployments
         assert set(deployments) == {"Api", MULTIPLEXED}, deployments
-        yield {"url": f"http://127.0.0.1:{port}", "models": models}
+        yield {"url": serve_url, "models": models}
     finally:
-        serve.shutdown()
+        serve.delete(APP)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.serve.test_app import TEXTS, check_embeddings, http
 
 pytestmark = pytest.mark.timeout(300)
@@ -75,16 +75,16 @@ def test_build_app_names_every_missing_model_folder(tmp_path, tiny_encoder):
     assert "modules.json" in message
 
 
-def test_config_deploys_through_rays_config_api_and_answers(ray_local, config, minilm_path):
+def test_config_deploys_through_rays_config_api_and_answers(serve_url, config, minilm_path):
     """The shipped config with its model pointed at MiniLM (a path relative to this process's working directory,
-    resolved inside Ray as `serve run` would) and its HTTP port moved to a free one on loopback."""
+    resolved inside Ray as `serve run` would) and its HTTP port moved to the session's Serve instance on loopback."""
     from ray import serve
     from ray.serve._private import api as serve_private_api  # what `serve run CONFIG` calls (Ray 2.60)
     from ray.serve.schema import ServeDeploySchema
     from sentence_transformers import SentenceTransformer
 
     local = copy.deepcopy(config)
-    port = free_port()
+    port = int(serve_url.rsplit(":", 1)[1])
     local["http_options"] = {"host": "127.0.0.1", "port": port}
     (app,) = local["applications"]
     name = next(iter(app["args"]["models"]))
@@ -107,7 +107,7 @@ def test_config_deploys_through_rays_config_api_and_answers(ray_local, config, m
         check_embeddings(answer, name, TEXTS, lambda _, texts: model.encode(texts, normalize_embeddings=True))
         assert np.asarray(answer["data"][0]["embedding"]).shape == (384,)
     finally:
-        serve.shutdown()
+        serve.delete(app["name"])
 
 
 def test_encoder_replicas_reserve_the_gpus_asked_for(tiny_encoder):

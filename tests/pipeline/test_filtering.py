@@ -1,4 +1,4 @@
-from pipeline.filter import filter_rows, langid_code
+from pipeline.filtering import filter_rows, langid_code
 
 
 def row(i, anchor="Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", pos="Everyone has the right to life.", neg="Nobody has any right to live.",
@@ -44,7 +44,7 @@ def test_language_check_can_be_switched_off_and_skips_unknown_languages(make_con
 
 
 def test_margin_filter_drops_triplets_the_base_encoder_ranks_the_wrong_way(make_config, minilm_path):
-    from pipeline.filter import apply_margin
+    from pipeline.filtering import apply_margin
 
     cfg = make_config(train={"encoder": minilm_path, "prefix": ""}, filter={"margin": 0.0})
     good = row(0, anchor="The cat sleeps on the warm sofa.", pos="A cat is sleeping on a couch.", neg="The stock market fell sharply today.")
@@ -61,7 +61,7 @@ def test_the_margin_filter_spares_human_pairs_and_the_stage_writes_fidelity(make
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import filter as filter_stage
+    from pipeline import filtering as filter_stage
 
     reference = "Everyone has the right to life, liberty and security of person."
     rows = [{**row(i, anchor="Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè àti òmìnira àti ààbò ara rẹ̀.", pos=reference,
