@@ -70,16 +70,33 @@ class HFGenerator:
         return contextlib.nullcontext()
 
     def generate(self, prompts: list[str]) -> list[str]:
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        """Greedy (or sampled) answers to prompts of similar length, batched, stopped at the end of each answer.
+
+        The few-shot prompts of a batch start with the same system prompt and instruction: those tokens are run through
+        the model once and their KV cache is shared by every row (transformers' prompt-cache reuse), so the batch only
+        computes what differs. Rows are laid out as [shared prefix | left padding | own tokens]; the attention mask
+        hides the padding and generate numbers positions from the mask, so each row computes what it would alone.
+        """
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         sample = self.gen["temperature"] > 0
         model = self.peft if self.peft is not None else self.model
-        with self.torch.no_grad():
+        with self.torch.inference_mode():
+            shared = shared_prefix_length(ids)
+            cache = self.prefix_cache(model, ids[0][:shared], len(ids)) if shared else None
+            input_ids, attention_mask = pad_after_prefix(ids, shared, self.tokenizer.pad_token_id)
             out = model.generate(
-                **enc, max_new_tokens=self.gen["max_new_tokens"], do_sample=sample,
+                input_ids=self.torch.tensor(input_ids), attention_mask=self.torch.tensor(attention_mask), cache=cache,
+                max_new_tokens=self.gen["max_new_tokens"], do_sample=sample,
                 temperature=self.gen["temperature"] if sample else None, top_p=None, top_k=None,
                 pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=self.stop,
             )
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(out[:, len(input_ids[0]):], skip_special_tokens=True)
+
+    def prefix_cache(self, model, prefix: list[int], rows: int):
+        """The KV cache of `prefix`, computed once and repeated for `rows` rows."""
+        cache = model(input_ids=self.torch.tensor([prefix]), use_cache=True).cache
+        cache.batch_repeat_interleave(rows)
+        return cache
 
     def generate_safely(self, prompts: list[str]) -> list[tuple[str | None, str]]:
         """(raw answer, "ok") per prompt; an engine error costs only the prompts it hit."""
@@ -125,6 +142,34 @@ class HFGenerator:
                 for i, (text, st) in zip(members, self.generate_safely(prompts)):
                     raw[i], status[i] = text, st
         return {**{c: [r[c] for r in rows] for c in KEPT_COLUMNS}, "raw": raw, "status": status}
+
+
+# Below this many shared tokens, the extra forward pass for the prefix costs more than it saves.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(ids: list[list[int]]) -> int:
+    """Tokens all rows start with (0 if fewer than MIN_SHARED_PREFIX, or a single row), leaving every row at least one
+    token of its own: generate needs a token to feed after the cache."""
+    if len(ids) < 2:
+        return 0
+    shortest = min(len(row) for row in ids) - 1
+    n = 0
+    while n < shortest and all(row[n] == ids[0][n] for row in ids):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def pad_after_prefix(ids: list[list[int]], shared: int, pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Input ids and attention mask laid out [shared prefix | padding | the row's own tokens]."""
+    width = max(len(row) for row in ids) - shared
+    input_ids, mask = [], []
+    for row in ids:
+        own = row[shared:]
+        pad = width - len(own)
+        input_ids.append(row[:shared] + [pad_id] * pad + own)
+        mask.append([1] * shared + [0] * pad + [1] * len(own))
+    return input_ids, mask
 
 
 def engine_error(err: Exception) -> str:
