@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import GeneratorConfig
-from pipeline.engines import (OK, STOP, HFGenerator, check_endpoint, generate_openai, pad_after_prefix, shared_prefix_length,
+from pipeline.engines import (DECODE_CHUNK, OK, STOP, HFGenerator, check_endpoint, generate_openai, pad_after_prefix, shared_prefix_length,
                               vllm_engine_settings)
 from tests.conftest import free_port, random_adapter
 
@@ -77,15 +77,19 @@ def fewshot_batch(adapter: str) -> dict:
 @pytest.fixture(scope="module")
 def lively_generator(tiny_generator, tmp_path_factory) -> str:
     """tiny_generator with a random LoRA merged in: its greedy answers differ from prompt to prompt (the bare tiny model
-    answers every prompt with a new line, which would hide a row reading another row's tokens)."""
+    answers every prompt with a new line, which would hide a row reading another row's tokens). A word it writes often
+    (one without the adapter, one with adapter "a") is made an end token, so its answers end after different numbers of tokens, as real answers do."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("lively")
     adapter = random_adapter(tiny_generator, str(root / "lora"), 3, alpha=64)
     merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_generator), adapter).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_generator)
+    often = [tokenizer(word, add_special_tokens=False)["input_ids"][-1] for word in ("rich", " endorse")]  # with or without "a"
+    merged.generation_config.eos_token_id = [tokenizer.eos_token_id, *often]
     merged.save_pretrained(root / "model")
-    AutoTokenizer.from_pretrained(tiny_generator).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
     return str(root / "model")
 
 
@@ -112,12 +116,14 @@ def test_hf_engine_answers_as_plain_generate_does_for_prompts_sharing_a_prefix(l
     if adapter:
         model = PeftModel.from_pretrained(model, two_adapters[adapter]).eval()
     rows = fewshot_batch(adapter)
-    engine = HFGenerator(lively_generator, {**GENERATOR, "max_new_tokens": 12}, two_adapters)
+    engine = HFGenerator(lively_generator, {**GENERATOR, "max_new_tokens": 20}, two_adapters)
     out = engine(rows)
     assert out["status"] == [OK] * len(ANCHORS)
-    expected = [plain_generate(model, tokenizer, m, 12) for m in rows["messages"]]
+    expected = [plain_generate(model, tokenizer, m, 20) for m in rows["messages"]]
     assert out["raw"] == expected
     assert len(set(expected)) > 1, "the prompts get different answers: the rows did not all read one row's tokens"
+    lengths = sorted(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in expected)
+    assert lengths[0] < DECODE_CHUNK < lengths[-1], f"rows end in different decode chunks: {lengths}"
 
 
 def test_the_shared_prefix_leaves_every_row_a_token_of_its_own():
