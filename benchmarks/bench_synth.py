@@ -17,10 +17,11 @@ What it measures
     pipeline over one request (both pay actor start and model load), so Ray's fixed start-up (ray.init + actor
     start + model load) is reported apart. "same answers" counts requests whose parsed answer (what the synthesize
     stage keeps) equals the loop's. New tokens are the tokens of each returned answer. The machine may be shared:
-    compare the ratios (measured in the same run), and see the load printed with the table.
+    the loop and the hf engine alternate (--repeats, medians kept); compare the ratios, and see the load printed with
+    the table. On a loaded machine use --threads 1: two threads per process on busy cores mostly wait for each other.
 
 Run
-    python benchmarks/bench_synth.py [--every 3] [--threads 2] [--batch-size 16] [--max-new-tokens 32]
+    python benchmarks/bench_synth.py [--every 3] [--threads 2] [--repeats 2] [--batch-size 16] [--max-new-tokens 32]
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -9,8 +9,17 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import GeneratorConfig
-from pipeline.engines import (DECODE_CHUNK, OK, STOP, HFGenerator, check_endpoint, generate_openai, pad_after_prefix, shared_prefix_length,
-                              vllm_engine_settings)
+from pipeline.engines import (
+    DECODE_CHUNK,
+    OK,
+    STOP,
+    HFGenerator,
+    check_endpoint,
+    generate_openai,
+    pad_after_prefix,
+    shared_prefix_length,
+    vllm_engine_settings,
+)
 from tests.conftest import free_port, random_adapter
 
 pytestmark = pytest.mark.timeout(600)
@@ -63,8 +72,9 @@ def test_hf_engine_counts_a_broken_adapter_against_its_rows_only(tiny_generator,
 FEWSHOT = [{"role": "system", "content": "You write single sentences for a dataset of sentence pairs."},
            {"role": "user", "content": "Write one English sentence that means the same.\nSentence: Ó dára."},
            {"role": "assistant", "content": "It is good."}]
-ANCHORS = ["Gbogbo ènìyàn ni a bí ní òmìnira.", "Ka pyrthei.", "Konojel winaq are xe'alaxik, ruk'in kolb'al, junam ruq'ij "
-           "ruchomal", "A b c d e f g h i j k l m n o p."]
+ANCHORS = ["Gbogbo ènìyàn ni a bí ní òmìnira.", "Ka pyrthei.", ("Konojel winaq are xe'alaxik, ruk'in kolb'al, junam ruq'ij "
+                                                            "ruchomal"),
+           "A b c d e f g h i j k l m n o p."]
 
 
 def fewshot_batch(adapter: str) -> dict:
