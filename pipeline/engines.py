@@ -48,6 +48,8 @@ class HFGenerator:
         # Built once: generate(stop_strings=...) rebuilds it from the whole vocabulary on every call (~0.15 s for
         # SmolLM2's 49k tokens), and with one adapter per language there is a call per language and role.
         self.stop = StoppingCriteriaList([StopStringCriteria(self.tokenizer, STOP)])
+        eos = self.model.generation_config.eos_token_id
+        self.end_ids = torch.tensor(sorted({self.tokenizer.pad_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}))
 
     def use_adapter(self, name: str | None):
         """A context in which generation uses adapter `name` (None = the base model)."""
@@ -70,16 +72,61 @@ class HFGenerator:
         return contextlib.nullcontext()
 
     def generate(self, prompts: list[str]) -> list[str]:
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        sample = self.gen["temperature"] > 0
+        """Greedy (or sampled) answers to prompts of similar length, batched, stopped at the end of each answer.
+
+        The few-shot prompts of a batch start with the same system prompt and instruction: those tokens are run through
+        the model once and their KV cache is shared by every row (transformers' prompt-cache reuse), so the batch only
+        computes what differs. Rows are laid out as [shared prefix | left padding | own tokens]; the attention mask
+        hides the padding and generate numbers positions from the mask, so each row computes what it would alone.
+        """
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         model = self.peft if self.peft is not None else self.model
-        with self.torch.no_grad():
-            out = model.generate(
-                **enc, max_new_tokens=self.gen["max_new_tokens"], do_sample=sample,
-                temperature=self.gen["temperature"] if sample else None, top_p=None, top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=self.stop,
-            )
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        torch = self.torch
+        with torch.inference_mode():
+            shared = shared_prefix_length(ids)
+            cache = self.prefix_cache(model, ids[0][:shared], len(ids)) if shared else None
+            input_ids, attention_mask = pad_after_prefix(ids, shared, self.tokenizer.pad_token_id)
+            sequences, mask = torch.tensor(input_ids), torch.tensor(attention_mask)
+            answers: list[list[int]] = [[] for _ in ids]
+            alive = list(range(len(ids)))  # rows still generating, in the order of `sequences`
+            left = self.gen["max_new_tokens"]
+            while alive and left > 0:
+                # generate runs every row of a batch until the last one ends: in chunks, rows that ended leave the batch
+                # (and its KV cache) between chunks, so a long answer does not make every finished row compute on.
+                out = self.generate_chunk(model, sequences, mask, cache, min(DECODE_CHUNK, left))
+                new = out.sequences[:, sequences.shape[1]:]
+                left -= new.shape[1]
+                done = self.finished(new, out.sequences)
+                for row, tokens in zip(alive, new.tolist()):
+                    answers[row] += tokens
+                keep = [i for i, d in enumerate(done) if not d]
+                alive = [alive[i] for i in keep]
+                cache = out.cache
+                if alive and left > 0:
+                    cache.batch_select_indices(torch.tensor(keep))
+                    sequences = out.sequences[keep]
+                    mask = torch.cat([mask[keep], torch.ones(len(keep), new.shape[1], dtype=mask.dtype)], dim=1)
+        return self.tokenizer.batch_decode(answers, skip_special_tokens=True)
+
+    def generate_chunk(self, model, sequences, mask, cache, max_new_tokens: int):
+        sample = self.gen["temperature"] > 0
+        return model.generate(
+            input_ids=sequences, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens, do_sample=sample,
+            temperature=self.gen["temperature"] if sample else None, top_p=None, top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=self.stop, return_dict_in_generate=True,
+        )
+
+    def finished(self, new, sequences) -> list[bool]:
+        """Rows whose answer ended in this chunk: an end token (generate pads a finished row with them), or a stop string
+        completed by the chunk's last token."""
+        ended = self.torch.isin(new, self.end_ids).any(dim=1) | self.stop(sequences, None)
+        return ended.tolist()
+
+    def prefix_cache(self, model, prefix: list[int], rows: int):
+        """The KV cache of `prefix`, computed once and repeated for `rows` rows."""
+        cache = model(input_ids=self.torch.tensor([prefix]), use_cache=True).cache
+        cache.batch_repeat_interleave(rows)
+        return cache
 
     def generate_safely(self, prompts: list[str]) -> list[tuple[str | None, str]]:
         """(raw answer, "ok") per prompt; an engine error costs only the prompts it hit."""
@@ -125,6 +172,36 @@ class HFGenerator:
                 for i, (text, st) in zip(members, self.generate_safely(prompts)):
                     raw[i], status[i] = text, st
         return {**{c: [r[c] for r in rows] for c in KEPT_COLUMNS}, "raw": raw, "status": status}
+
+
+# New tokens generated between two looks at which rows have finished: each look costs a generate call (a few ms).
+DECODE_CHUNK = 8
+# Below this many shared tokens, the extra forward pass for the prefix costs more than it saves.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(ids: list[list[int]]) -> int:
+    """Tokens all rows start with (0 if fewer than MIN_SHARED_PREFIX, or a single row), leaving every row at least one
+    token of its own: generate needs a token to feed after the cache."""
+    if len(ids) < 2:
+        return 0
+    shortest = min(len(row) for row in ids) - 1
+    n = 0
+    while n < shortest and all(row[n] == ids[0][n] for row in ids):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def pad_after_prefix(ids: list[list[int]], shared: int, pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Input ids and attention mask laid out [shared prefix | padding | the row's own tokens]."""
+    width = max(len(row) for row in ids) - shared
+    input_ids, mask = [], []
+    for row in ids:
+        own = row[shared:]
+        pad = width - len(own)
+        input_ids.append(row[:shared] + [pad_id] * pad + own)
+        mask.append([1] * shared + [0] * pad + [1] * len(own))
+    return input_ids, mask
 
 
 def engine_error(err: Exception) -> str:

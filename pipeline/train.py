@@ -349,36 +349,37 @@ def export_sentence_transformer(encoder_path: str, state_dict, cfg: RunConfig, o
     max_length: the length training used (train.max_length as fitted). The model reads as much as the encoder it was
     trained from (e5-small: 512 tokens), so base and trained encoders see the same text in evaluation and serving.
     """
-    import inspect
-
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
+    from transformers import AutoTokenizer
 
     from pipeline.models import remember_model_kwargs
 
-    tokenizer, model = load_encoder(encoder_path, freeze_embeddings=False)
+    trained = max_length or (cfg.train.max_length if isinstance(cfg.train.max_length, int) else 512)
+    limit = max(trained, encoder_limit(AutoTokenizer.from_pretrained(encoder_path), encoder_path))
+    # The base encoder is loaded once, as the sentence-transformers module, and the trained parameters go straight into
+    # it (no intermediate Hugging Face folder: that cost a write and a read of the whole model per export).
+    # Trained without a pooler (DDP needs every parameter used): export without one, not a random one.
+    try:
+        no_pooler = {"add_pooling_layer": False}
+        transformer = Transformer(encoder_path, max_seq_length=limit, model_kwargs=no_pooler)
+    except TypeError:  # a model class without a pooler option
+        no_pooler = {}
+        transformer = Transformer(encoder_path, max_seq_length=limit)
+    model = transformer.auto_model
     if state_dict is not None:  # the trained parameters; those it lacks (frozen ones) keep the base encoder's weights
         unexpected = model.load_state_dict(state_dict, strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"train: the trained weights name parameters {unexpected[:5]} that {encoder_path} lacks")
-    # Trained without a pooler (DDP needs every parameter used): export without one, not a random one.
-    no_pooler = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(type(model).__init__).parameters else {}
     if cfg.train.pooling == "avg_first_last":
         model.config.output_hidden_states = True  # sentence-transformers then hands every layer to the pooling
-    with tempfile.TemporaryDirectory() as hf_dir:
-        model.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
-        trained = max_length or (cfg.train.max_length if isinstance(cfg.train.max_length, int) else 512)
-        transformer = Transformer(hf_dir, max_seq_length=max(trained, encoder_limit(tokenizer, encoder_path)),
-                                  model_kwargs=no_pooler)
-        # Training put the prefix on every text, so documents get it too (mteb and encode_document use "document").
-        prompts = {"query": cfg.train.prefix, "document": cfg.train.prefix} if cfg.train.prefix else {}
-        modules = [transformer, *pooling_modules(transformer, cfg.train.pooling), Normalize()]
-        st = SentenceTransformer(modules=modules, prompts=prompts,
-                                 default_prompt_name="query" if prompts else None)
-        st.model_card_data.language = cfg.languages
-        st.model_card_data.model_name = f"bootembed encoder for {', '.join(cfg.languages)}"
-        st.save(out_path)
+    # Training put the prefix on every text, so documents get it too (mteb and encode_document use "document").
+    prompts = {"query": cfg.train.prefix, "document": cfg.train.prefix} if cfg.train.prefix else {}
+    modules = [transformer, *pooling_modules(transformer, cfg.train.pooling), Normalize()]
+    st = SentenceTransformer(modules=modules, prompts=prompts, default_prompt_name="query" if prompts else None)
+    st.model_card_data.language = cfg.languages
+    st.model_card_data.model_name = f"bootembed encoder for {', '.join(cfg.languages)}"
+    st.save(out_path)
     if no_pooler:
         remember_model_kwargs(Path(out_path), no_pooler)  # so loading it does not add a random pooler either
     with open(os.path.join(out_path, "BOOTEMBED.md"), "w") as f:

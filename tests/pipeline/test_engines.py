@@ -9,7 +9,17 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import GeneratorConfig
-from pipeline.engines import OK, HFGenerator, check_endpoint, generate_openai, vllm_engine_settings
+from pipeline.engines import (
+    DECODE_CHUNK,
+    OK,
+    STOP,
+    HFGenerator,
+    check_endpoint,
+    generate_openai,
+    pad_after_prefix,
+    shared_prefix_length,
+    vllm_engine_settings,
+)
 from tests.conftest import free_port, random_adapter
 
 pytestmark = pytest.mark.timeout(600)
@@ -57,6 +67,84 @@ def test_hf_engine_counts_a_broken_adapter_against_its_rows_only(tiny_generator,
     out = engine(batch(["broken", "a", ""]))
     assert out["status"][0].startswith("engine_error:") and out["raw"][0] is None
     assert out["status"][1:] == [OK, OK]
+
+
+FEWSHOT = [{"role": "system", "content": "You write single sentences for a dataset of sentence pairs."},
+           {"role": "user", "content": "Write one English sentence that means the same.\nSentence: Ó dára."},
+           {"role": "assistant", "content": "It is good."}]
+ANCHORS = ["Gbogbo ènìyàn ni a bí ní òmìnira.", "Ka pyrthei.", ("Konojel winaq are xe'alaxik, ruk'in kolb'al, junam ruq'ij "
+                                                            "ruchomal"),
+           "A b c d e f g h i j k l m n o p."]
+
+
+def fewshot_batch(adapter: str) -> dict:
+    rows = batch([adapter] * len(ANCHORS))
+    rows["messages"] = np.array([json.dumps(FEWSHOT + [{"role": "user", "content": f"Write one English sentence.\nSentence: {a}"}])
+                                 for a in ANCHORS], dtype=object)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def lively_generator(tiny_generator, tmp_path_factory) -> str:
+    """tiny_generator with a random LoRA merged in: its greedy answers differ from prompt to prompt (the bare tiny model
+    answers every prompt with a new line, which would hide a row reading another row's tokens). A word it writes often
+    (one without the adapter, one with adapter "a") is made an end token, so its answers end after different numbers of tokens, as real answers do."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("lively")
+    adapter = random_adapter(tiny_generator, str(root / "lora"), 3, alpha=64)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_generator), adapter).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_generator)
+    often = [tokenizer(word, add_special_tokens=False)["input_ids"][-1] for word in ("rich", " endorse")]  # with or without "a"
+    merged.generation_config.eos_token_id = [tokenizer.eos_token_id, *often]
+    merged.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return str(root / "model")
+
+
+def plain_generate(model, tokenizer, messages: str, max_new_tokens: int) -> str:
+    """One prompt alone through transformers' generate: no batch, no padding, no shared cache."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template(json.loads(messages), tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=STOP, tokenizer=tokenizer,
+                             pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("adapter", ["", "a"])
+def test_hf_engine_answers_as_plain_generate_does_for_prompts_sharing_a_prefix(lively_generator, two_adapters, adapter):
+    """The shared-prefix cache, the padding after it and the length sorting change no greedy answer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lively_generator)
+    model = AutoModelForCausalLM.from_pretrained(lively_generator).eval()
+    if adapter:
+        model = PeftModel.from_pretrained(model, two_adapters[adapter]).eval()
+    rows = fewshot_batch(adapter)
+    engine = HFGenerator(lively_generator, {**GENERATOR, "max_new_tokens": 20}, two_adapters)
+    out = engine(rows)
+    assert out["status"] == [OK] * len(ANCHORS)
+    expected = [plain_generate(model, tokenizer, m, 20) for m in rows["messages"]]
+    assert out["raw"] == expected
+    assert len(set(expected)) > 1, "the prompts get different answers: the rows did not all read one row's tokens"
+    lengths = sorted(len(tokenizer(e, add_special_tokens=False)["input_ids"]) for e in expected)
+    assert lengths[0] < DECODE_CHUNK < lengths[-1], f"rows end in different decode chunks: {lengths}"
+
+
+def test_the_shared_prefix_leaves_every_row_a_token_of_its_own():
+    shared = list(range(100, 120))
+    rows = [shared + [1, 2, 3], shared + [1, 2], shared + [1]]
+    assert shared_prefix_length(rows) == 20, "row 3 keeps its last token"
+    assert shared_prefix_length([shared + [5], shared + [6]]) == 20
+    assert shared_prefix_length([shared + [5]]) == 0, "one row: nothing to share"
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 0, "too short to be worth a forward pass"
+    ids, mask = pad_after_prefix([[7, 7, 1, 2], [7, 7, 3]], 2, 0)
+    assert ids == [[7, 7, 1, 2], [7, 7, 0, 3]] and mask == [[1, 1, 1, 1], [1, 1, 0, 1]]
 
 
 # ---------------------------------------------------------------- openai engine against a real HTTP server
