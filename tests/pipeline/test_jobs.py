@@ -47,12 +47,15 @@ def ray_start(*args: str, temp: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop the cluster: SIGTERM, then SIGKILL to its whole process group (`ray start --block` spends ~30 s on a
+    graceful shutdown that a throw-away test cluster does not need)."""
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def wait_for(ready, proc: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
