@@ -98,7 +98,8 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
         adapters={"steps": 3, "batch_size": 4},
         filter={"language_check": False},  # 4 anchors a language: keep enough triplets for every strategy to train
         train={"batch_size": 4, "epochs": 1},
-        evaluate={"bootstrap_samples": 100, "classification_max_test": 100, "classification_max_train": 300, "bli_max_words": 100},
+        # every task runs, on small samples: six encoders are evaluated twice here (the rerun below)
+        evaluate={"bootstrap_samples": 100, "classification_max_test": 50, "classification_max_train": 100, "bli_max_words": 50},
     )
     logs = []
     manifests = run_pipeline(cfg, log=logs.append)
