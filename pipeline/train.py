@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
+from pipeline.layout import BASELINE
 from pipeline.manifest import StageOutput, join
 
 REQUIRED_COLUMNS = {"anchor", "positive", "negative"}
@@ -268,9 +269,6 @@ def triplets_dataset(path: str):
     if size <= IN_MEMORY_TRIPLETS_BYTES:
         return ray.data.from_arrow(pq.read_table(path))
     return ray.data.read_parquet(path)
-
-
-BASELINE = "human_nli"  # human-made cross-lingual NLI triplets of 14 other languages (TrainConfig.human_nli_baseline)
 
 
 def human_nli_triplets(size: int, seed: int) -> pa.Table:
