@@ -4,7 +4,9 @@ Every task's texts are gathered before any model runs (`distinct_texts`), so a t
 English UDHR pool of every language, the probe's English training names) is encoded once, and all of a model's texts
 go through the encoder in one pass: sorted by token length, so a batch holds texts of about the same length and
 little padding, and batched by tokens (`length_batches`) rather than by a fixed count, so short texts (words, emoji
-names) fill large batches and long paragraphs small ones.
+names) fill large batches and long paragraphs small ones. Batching changes float rounding in the last bits of a
+vector (~1e-7), not the reports: metrics.json stays byte-identical to the one written by encoding each task's texts
+in batches of 32 (benchmarks/bench_eval.py checks it on the demo).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Tokens (padded) in one forward pass: batch_size texts of TOKENS_PER_TEXT tokens. Measured on e5-small, 2 CPU threads:
-# beyond a few thousand tokens per pass the matrix products run no faster, and attention over long texts grows.
-TOKENS_PER_TEXT = 64
+# Tokens (padded) in one forward pass: evaluate.batch_size texts of TOKENS_PER_TEXT tokens (32 x 128 = 4096). Measured
+# on the demo's texts with e5-small, 2 CPU threads: 4096 tokens a pass encoded them 2.8x faster than 32 texts a pass
+# (the old way: 2,000 words and names in batches of 32 cost three times the 230 paragraphs), 1.6x faster than 1024
+# (one measurement on a shared machine: pick again with benchmarks/bench_eval.py if the machine differs).
+TOKENS_PER_TEXT = 128
 
 
 @dataclass
@@ -54,26 +58,25 @@ def load_model(path: str):
     return SentenceTransformer(path, device="cpu")
 
 
-def length_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
-    """Indices of texts grouped into batches, longest first: each batch at most `batch_size` * (how many texts of the
-    batch's longest length fit in `max_tokens`), so that a batch's padded size stays under max_tokens while a batch of
-    long texts keeps at most batch_size of them."""
+def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Indices of texts grouped into batches, longest first, each as many texts as fit in `max_tokens` once padded to
+    the batch's longest (at least one): short texts fill large batches, long ones small."""
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(batch_size, max_tokens // longest)
+        size = max(1, max_tokens // max(int(lengths[order[start]]), 1))
         batches.append(order[start:start + size])
         start += size
     return batches
 
 
 def encode(model, texts: list[str], prefix: str, batch_size: int) -> Embeddings:
-    """Unit vectors of `texts` (distinct) under `model`, with `prefix` (E5's "query: ") before each."""
+    """Unit vectors of `texts` (distinct) under `model`, with `prefix` (E5's "query: ") before each; a forward pass
+    holds up to batch_size * TOKENS_PER_TEXT tokens."""
     lengths = token_lengths(model, texts, prefix)
     readable = np.minimum(lengths, model.max_seq_length)  # what the model reads, hence pads to
     order, parts = [], []
-    for batch in length_batches(readable, batch_size, batch_size * TOKENS_PER_TEXT):
+    for batch in length_batches(readable, batch_size * TOKENS_PER_TEXT):
         parts.append(model.encode([texts[i] for i in batch], prompt=prefix, batch_size=len(batch), normalize_embeddings=True,
                                   convert_to_numpy=True, show_progress_bar=False))
         order.append(batch)

@@ -10,12 +10,12 @@ def test_distinct_texts_keep_the_first_occurrence_of_each_text_across_tasks():
 
 def test_length_batches_put_long_texts_first_and_pack_short_ones_by_tokens():
     lengths = np.array([3, 50, 4, 50, 10, 3])
-    batches = encoding.length_batches(lengths, batch_size=2, max_tokens=100)
+    batches = encoding.length_batches(lengths, max_tokens=100)
     # 50-token texts: 100 // 50 = 2 per batch; then the longest left is 10 tokens: 100 // 10 = 10 texts fit
     assert [b.tolist() for b in batches] == [[1, 3], [4, 2, 0, 5]]
-    assert [b.tolist() for b in encoding.length_batches(lengths, batch_size=4, max_tokens=8)] == [[1, 3, 4, 2], [0, 5]], \
-        "batch_size texts per batch at least, however long they are"
-    assert encoding.length_batches(np.array([], dtype=int), 32, 2048) == []
+    assert [b.tolist() for b in encoding.length_batches(lengths, max_tokens=8)] == [[1], [3], [4], [2, 0], [5]], \
+        "a text longer than the budget is a batch of its own"
+    assert encoding.length_batches(np.array([], dtype=int), 2048) == []
 
 
 @pytest.fixture(scope="module")
