@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.evaluation.tasks import TASK_DESCRIPTIONS, TASK_METRICS, TASK_TITLES, PRIMARY_METRIC, active_tasks, prepare_tasks
+from pipeline.evaluation.tasks import PRIMARY_METRIC, TASK_DESCRIPTIONS, TASK_METRICS, TASK_TITLES, active_tasks, prepare_tasks
 
 
 def test_every_task_has_a_title_a_description_and_its_primary_metric_among_its_metrics():
