@@ -66,7 +66,7 @@ def run_items(run_dir: str) -> tuple[dict[str, tuple[list[str], list[int]]], tup
 
 def scores(encoder, queries: dict, english: tuple) -> dict[str, float]:
     """Macro averages over languages and both directions: acc@1 and nDCG@10, in points (x100)."""
-    from pipeline._eval_tasks import rank_scores
+    from pipeline.evaluation.metrics import rank_scores
 
     eng_vecs = encoder.encode(english[0], batch_size=32)
     hit1, ndcg = [], []

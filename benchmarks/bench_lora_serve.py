@@ -59,7 +59,7 @@ def make_adapters(base: str, root: Path, count: int, rank: int) -> dict[str, str
     from safetensors.torch import load_file, save_file
 
     from pipeline import encoder_lora
-    from pipeline.train import load_encoder
+    from pipeline.models import load_encoder
 
     _, model = load_encoder(base, freeze_embeddings=False)
     base_sha256 = encoder_lora.weights_sha256(model)  # before peft wraps the model's layers in place

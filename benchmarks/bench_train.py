@@ -177,7 +177,8 @@ import json, os, sys, time
 import torch
 import pyarrow.parquet as pq
 from pipeline.models import resolve_model
-from pipeline.train import backward_step, load_encoder, triplet_encoder
+from pipeline.models import load_encoder  # noqa: E402
+from pipeline.train import backward_step, triplet_encoder
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
 torch.manual_seed(0)

@@ -1,7 +1,7 @@
-"""Paired statistics for comparing encoders on the same items: tests, detectable effects, ratios of gains.
+"""Statistics for comparing encoders on the same items: bootstrap intervals, tests, detectable effects, ratios of gains.
 
 Every function takes per-language item vectors (one array per language, the same items in the same order for every
-model) and compares on the report's average: the mean over languages of per-language means.
+model) and works on the report's average: the mean over languages of per-language means.
 """
 
 from __future__ import annotations
@@ -14,6 +14,36 @@ POWER = 0.8  # the power at which the smallest detectable difference is stated
 
 def _pairs(model: list, base: list) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(a, float), np.asarray(b, float)) for a, b in zip(model, base) if len(a)]
+
+
+def _resample(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, n, size=(samples, n))
+
+
+def bootstrap_mean_ci(per_lang: list[np.ndarray], samples: int = 1000, level: float = 0.95, seed: int = 0) -> list[float] | None:
+    """Interval of the mean over languages of per-language means, items resampled within each language."""
+    per_lang = [np.asarray(v, dtype=float) for v in per_lang if len(v)]
+    if not per_lang or samples <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.mean([v[_resample(len(v), samples, rng)].mean(axis=1) for v in per_lang], axis=0)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_delta_ci(model: list[np.ndarray], base: list[np.ndarray], samples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> list[float] | None:
+    """Paired interval of (model - base) on the same resampled items (the items are the same queries)."""
+    pairs = _pairs(model, base)
+    if not pairs or samples <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = []
+    for a, b in pairs:
+        idx = _resample(len(a), samples, rng)
+        stats.append(a[idx].mean(axis=1) - b[idx].mean(axis=1))
+    lo, hi = np.quantile(np.mean(stats, axis=0), [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
 
 
 def average_difference(model: list, base: list) -> float:

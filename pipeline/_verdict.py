@@ -7,6 +7,8 @@ on its primary metric (held-out bitext retrieval x->eng acc@1 when the language 
 
 from __future__ import annotations
 
+from pipeline.layout import BASELINE
+
 VERDICT_TASKS = ("retrieval", "parallel", "query_docs", "sts", "classification", "bli")
 UPPER_BOUND = "parallel"
 TASK_NAMES = {"retrieval": "held-out UDHR bitext retrieval", "parallel": "retrieval on your parallel text",
@@ -82,7 +84,7 @@ def verdict(metrics: dict, fidelity: dict | None) -> dict | None:
         out["headline"] = (f"No measurable change. The best encoder, `{best['model']}`, scores {best['value']:.3f} against the "
                            f"base's {best['base']:.3f} ({where}): Δ {best['delta']:+.3f}{fmt_ci(best['ci'])}, {fmt_p(best['p'])}; "
                            + why)
-    synthetic = [c for c in comparisons if c["model"] not in (UPPER_BOUND, "human_nli")]
+    synthetic = [c for c in comparisons if c["model"] not in (UPPER_BOUND, BASELINE)]
     if synthetic:
         out["best_synthetic"] = max(synthetic, key=lambda c: c["delta"])["model"]
     out["fidelity_note"] = fidelity_note(fidelity, [c["model"] for c in synthetic])

@@ -230,7 +230,7 @@ class TrainConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    batch_size: int = Field(32, ge=1, description="Texts encoded together during evaluation.")
+    batch_size: int = Field(32, ge=1, description="Evaluation encodes up to batch_size x 128 tokens at once (short texts fill large batches).")
     plot: bool = Field(True, description="Draw PNG plots beside report.md.")
     tasks: list[Literal["bli", "classification", "sts", "parallel", "query_docs"]] = Field(
         default_factory=lambda: ["bli", "classification"],

@@ -70,7 +70,7 @@ def weights_sha256(model) -> str:
 
 def encoder_sha256(path: str) -> str:
     """The weights' SHA-256 of the Hugging Face encoder (or sentence-transformers folder's transformer) at `path`."""
-    from pipeline.train import load_encoder
+    from pipeline.models import load_encoder
 
     _, model = load_encoder(path, freeze_embeddings=False)
     return weights_sha256(model)
@@ -149,7 +149,7 @@ def save_adapter(encoder_path: str, trained: dict, lora: dict, folder: str, meta
 
     Raises:
         ValueError: `trained` is not this LoRA's parameters (other names, or some missing)."""
-    from pipeline.train import load_encoder
+    from pipeline.models import load_encoder
 
     _, model = load_encoder(encoder_path, freeze_embeddings=False)
     peft_model = wrap(model, lora)
@@ -171,7 +171,7 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
     import pyarrow.parquet as pq
 
     from pipeline.manifest import join
-    from pipeline.train import triplets_digest
+    from pipeline.manifest import file_digest
 
     lora_dir = join(out_dir, LORA_DIR)
     os.makedirs(lora_dir, exist_ok=True)
@@ -190,7 +190,7 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
         variant = f"{MERGED_PREFIX}{adapter}"
         state, details = trained[variant]
         meta = {"id": adapter, "language": lang, "strategy": strategy, "base": f"../{BASE_DIR}",
-                "base_sha256": base_sha, "encoder": cfg.train.encoder, "data_sha256": triplets_digest(path),
+                "base_sha256": base_sha, "encoder": cfg.train.encoder, "data_sha256": file_digest(path),
                 "triplets": details["triplets"], "steps": details["steps"], "final_loss": details["final_loss"],
                 "lora": lora, "metrics": {}}
         merged = save_adapter(encoder_path, state, lora, join(lora_dir, adapter), meta)

@@ -85,6 +85,12 @@ def reset_dir(path: str, keep: tuple[str, ...] = ()) -> None:
     fs.create_dir(p, recursive=True)
 
 
+def file_digest(path: str) -> str:
+    """A short SHA-256 of a file's bytes: names what a model was trained on (checkpoint names, registries)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
 def code_version() -> str:
     try:
         out = subprocess.run(

@@ -420,3 +420,18 @@ def dequantise_q4_0(data: bytes, offset: int, shape: tuple[int, int]) -> np.ndar
     q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=1).astype(np.int8) - 8  # [n_blocks, 32]
     weights = q * blocks["scale"].astype(np.float32)[:, None]
     return weights.reshape(rows, cols)
+
+
+def load_encoder(path: str, freeze_embeddings: bool):
+    """(tokenizer, transformers model) of an encoder folder, for training: without BERT's pooler, embeddings frozen
+    or not."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:  # DDP rejects parameters that get no gradient, such as BERT's unused pooler
+        model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:
+        model = AutoModel.from_pretrained(path)
+    if freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    return tokenizer, model

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+PIVOT = "eng"  # the language held-out target text is aligned with, and the column of a reference translation
+
 
 class RecordError(ValueError):
     """A user file that cannot be read; the message names the file, line and field."""

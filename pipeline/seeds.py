@@ -25,12 +25,11 @@ from pipeline.config import RunConfig
 from pipeline.corpus import load_udhr, udhr_languages
 from pipeline.langid import is_clearly_not
 from pipeline.manifest import StageOutput, join
-from pipeline.records import RecordError, aligned_text_files, read_records
+from pipeline.records import PIVOT, RecordError, aligned_text_files, read_records
 
 TRAIN_SCHEMA = pa.schema([("id", pa.string()), ("lang", pa.string()), ("text", pa.string()), ("source", pa.string()),
                           ("reference", pa.string())])
 EVAL_SCHEMA = pa.schema([("lang", pa.string()), ("unit", pa.int32()), ("text", pa.string()), ("held_out", pa.bool_())])
-PIVOT = "eng"  # the language held-out target text is aligned with
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;։।။።።။።॥。！？])\s+")
 

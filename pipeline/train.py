@@ -25,7 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import RunConfig
-from pipeline.manifest import StageOutput, join
+from pipeline.layout import BASELINE
+from pipeline.models import load_encoder
+from pipeline.manifest import StageOutput, file_digest, join
 
 REQUIRED_COLUMNS = {"anchor", "positive", "negative"}
 
@@ -47,19 +49,6 @@ def pool(hidden, attention_mask, mode: str):
         return hidden[:, 0]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [n, t, 1]
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-def load_encoder(path: str, freeze_embeddings: bool):
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    try:  # DDP rejects parameters that get no gradient, such as BERT's unused pooler
-        model = AutoModel.from_pretrained(path, add_pooling_layer=False)
-    except TypeError:
-        model = AutoModel.from_pretrained(path)
-    if freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-    return tokenizer, model
 
 
 def triplet_encoder(model, pooling: str):
@@ -421,12 +410,6 @@ def model_card_note(cfg: RunConfig, details: dict) -> str:
 
 # ---------------------------------------------------------------- the stage
 
-def triplets_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
-
-
-BASELINE = "human_nli"  # human-made cross-lingual NLI triplets of 14 other languages (TrainConfig.human_nli_baseline)
 
 
 def human_nli_triplets(size: int, seed: int) -> pa.Table:
@@ -523,7 +506,7 @@ def train_encoders(cfg: RunConfig, encoder_path: str, sets: dict[str, str], out_
     loop_config = {"train": {**cfg.train.model_dump(mode="json"), "max_length": max_length}, "seed": cfg.seed,
                    "encoder_path": encoder_path, "variants": variants}
     # Same triplets + same train config -> same name, so Ray Train resumes an interrupted run.
-    digest = hashlib.sha256(json.dumps({v: triplets_digest(p) for v, p in sets.items()}).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps({v: file_digest(p) for v, p in sets.items()}).encode()).hexdigest()[:12]
     name = f"ray-{cfg.section_hash('train', 'seed')}-{digest}"
     trainer = TorchTrainer(
         train_loop,

@@ -37,7 +37,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from pipeline import encoder_lora
+from pipeline import encoder_lora, layout
 from serve._encoder import AdapterMismatchError, Encoder, ModelLoadError
 from serve._backends import check_installed
 from serve._openai import bad_ids, check_dimensions, embeddings_response, error, parse_inputs, too_long, truncate
@@ -284,10 +284,10 @@ def models_of_run(run_dir: str, adapters: bool = True) -> dict[str, str]:
                                 "folder or a hub model id)")
     lora = encoder_lora.run_adapters(root) if adapters else None
     served_lora = {f"{name}/{adapter}": folder for adapter, folder in (lora[1] if lora else {}).items()}
-    models_dir = os.path.join(root, "train", "models")
+    models_dir = layout.models_dir(root)
     trained = sorted(v for v in (os.listdir(models_dir) if os.path.isdir(models_dir) else [])
-                     if v != "human_nli" and not (lora and v.startswith(encoder_lora.MERGED_PREFIX))
-                     and os.path.isfile(os.path.join(models_dir, v, "modules.json")))
+                     if v != layout.BASELINE and not (lora and v.startswith(encoder_lora.MERGED_PREFIX))
+                     and layout.is_model_folder(os.path.join(models_dir, v)))
     if len(trained) == 1:
         return {name: os.path.join(models_dir, trained[0]), **served_lora}
     if trained or served_lora:

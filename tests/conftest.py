@@ -190,7 +190,7 @@ def random_encoder_adapter(base: str, path: str, seed: int, rank: int = 4, alpha
     from peft import get_peft_model
 
     from pipeline import encoder_lora
-    from pipeline.train import load_encoder
+    from pipeline.models import load_encoder
 
     torch.manual_seed(seed)
     _, model = load_encoder(base, freeze_embeddings=False)

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline._dictd import (DictionaryError, b64_decode, b64_encode, parse_entry, read_dictd, read_dictd_entries,
                              read_dictionary, read_tsv)
-from pipeline._eval_tasks import bundled_dictionary_path
+from pipeline.evaluation.readers import bundled_dictionary_path
 
 
 def test_dictd_base64_numbers():

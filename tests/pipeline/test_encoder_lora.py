@@ -122,7 +122,7 @@ def test_keep_full_finetune_trains_both(ray_local, make_config, tiny_encoder, tr
 def test_adapter_problems_name_what_is_wrong(tmp_path, tiny_encoder):
     from peft import get_peft_model
 
-    from pipeline.train import load_encoder
+    from pipeline.models import load_encoder
 
     folder = tmp_path / "a"
     _, model = load_encoder(tiny_encoder, freeze_embeddings=False)

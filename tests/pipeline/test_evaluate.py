@@ -1,123 +1,23 @@
+"""The evaluate stage end to end: every model on every task, metrics.json, report.md / report.html and the plots.
+
+The pieces have their own tests under tests/pipeline/evaluation/.
+"""
+
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from pipeline.evaluate import bitext_scores, plot_retrieval, plot_tasks, report_markdown, retrieval_accuracy
+OTHER_STAGES = {f"pipeline.{s}" for s in ("seeds", "adapters", "synthesize", "filter", "train", "run", "cli")}
 
 
-def test_identical_embeddings_retrieve_perfectly_and_shuffled_ids_do_not():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(20, 8))
-    ids = list(range(20))
-    assert retrieval_accuracy(x, ids, x, ids) == 1.0
-    assert retrieval_accuracy(x, ids, x, list(rng.permutation(20))) <= 0.15
-
-
-def test_bitext_queries_are_held_out_units_and_candidates_every_unit():
-    rows, vectors = [], []
-    for unit in range(6):
-        v = np.eye(6)[unit]
-        rows += [{"lang": "eng", "unit": unit, "held_out": unit < 2}, {"lang": "yor", "unit": unit, "held_out": unit < 2}]
-        vectors += [v, v if unit != 1 else np.eye(6)[5]]  # yor unit 1 looks like eng unit 5
-    scores = bitext_scores(rows, np.array(vectors), "yor")
-    assert scores["queries"] == 2 and scores["candidates_eng"] == 6 and scores["candidates_lang"] == 6
-    assert scores["to_eng"] == 0.5  # unit 0 right, unit 1 retrieves eng unit 5
-    assert scores["from_eng"] == 0.5
-    # yor unit 1 = eng unit 5: its English translation (unit 1, orthogonal) ties with 4 others after unit 5 -> rank 3
-    assert scores["mrr10_to_eng"] == pytest.approx((1 + 1 / 3) / 2)
-
-
-def test_identity_embeddings_give_acc_and_mrr_one():
-    rows = [{"lang": lang, "unit": u, "held_out": True} for u in range(8) for lang in ("eng", "yor")]
-    scores = bitext_scores(rows, np.repeat(np.eye(8), 2, axis=0), "yor")
-    assert scores["to_eng"] == scores["from_eng"] == scores["mrr10_to_eng"] == scores["mrr10_from_eng"] == 1.0
-
-
-@pytest.fixture
-def metrics():
-    per = lambda a, b: {"to_eng": a, "from_eng": b, "queries": 23, "candidates_eng": 58, "candidates_lang": 56}  # noqa: E731
-    return {
-        "languages": ["yor", "kha"], "config_hash": "abc", "skipped": {},
-        "models": {
-            "base": {"per_language": {"yor": per(0.3, 0.2), "kha": per(0.1, 0.1)}, "average": {"to_eng": 0.2, "from_eng": 0.15}},
-            "trained": {"per_language": {"yor": per(0.4, 0.2), "kha": per(0.05, 0.3)}, "average": {"to_eng": 0.225, "from_eng": 0.25}},
-        },
-    }
-
-
-def test_report_puts_models_side_by_side_with_deltas_and_best_marked(metrics):
-    text = report_markdown(metrics, {"filter counts": {"kept": 10}, "examples": [
-        {"lang": "yor", "anchor": "a|b", "positive": "p", "negative": "n"}]})
-    assert "| yor | 0.300 | **0.400** | +0.100 | 23 |" in text
-    assert "| kha | **0.100** | 0.050 | -0.050 | 23 |" in text
-    assert "| average | 0.200 | **0.225** | +0.025 | 46 |" in text
-    assert "| yor | a\\|b | p | n |" in text
-    assert "filter counts: {'kept': 10}" in text
-
-
-
-
-@pytest.fixture
-def task_metrics(metrics):
-    def cell(v, n, lo=None, hi=None, **extra):
-        return {"P@1": v, "P@5": min(1.0, v + 0.2), "n": n, "ci": {"P@1": [lo or v - 0.1, hi or v + 0.1], "P@5": None}, **extra}
-
-    metrics["tasks"] = {"bli": {
-        "description": "Bilingual lexicon induction test description.", "metrics": ["P@1", "P@5"], "primary": "P@1",
-        "confidence": 0.95, "bootstrap_samples": 1000,
-        "per_language": {"yor": {"base": cell(0.2, 50, source="CLDR"), "trained": cell(0.3, 50, source="CLDR", delta_ci={"P@1": [-0.1, 0.3]})},
-                         "kha": {"skipped": "no dictionary for kha"}},
-        "average": {"base": {**cell(0.2, 50), "languages": 1}, "trained": {**cell(0.3, 50), "languages": 1}},
-        "delta_ci": {"trained": {"P@1": [-0.05, 0.25], "P@5": None}},
-    }}
-    return metrics
-
-
-def test_report_has_one_table_per_task_metric_with_intervals_skips_and_description(task_metrics):
-    text = report_markdown(task_metrics, {})
-    assert "## Bilingual lexicon induction" in text and "test description" in text
-    assert "| language | base P@1 | trained P@1 | Δ trained | n | source |" in text
-    assert "| yor | 0.200 [0.10, 0.30] | **0.300** [0.20, 0.40] | +0.100 [-0.10, +0.30] | 50 | CLDR |" in text
-    assert "| kha | skipped: no dictionary for kha |" in text
-    assert "| average (1 languages) | 0.200 [0.10, 0.30] | **0.300** [0.20, 0.40] | +0.100 [-0.05, +0.25] | 50 |" in text
-    assert "### P@5" in text and "nan" not in text.lower()
-    task_metrics["tasks"]["bli"]["delta_ci"]["trained"]["P@1"] = [0.02, 0.2]
-    assert "| +0.100 [+0.02, +0.20] * | 50 |" in report_markdown(task_metrics, {})
-    assert "base x->eng" in text  # legacy retrieval tables still there without a retrieval task
-
-
-def test_headline_plot_shows_each_models_scores_and_intervals(task_metrics, tmp_path):
-    from matplotlib.collections import LineCollection
-
-    from pipeline.evaluate import headline_figure
-
-    fig = headline_figure(task_metrics)  # no retrieval task: the verdict's task is BLI, its primary metric P@1
-    [ax] = fig.axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["yor", "average"], "skipped kha is not drawn"
-    assert "P@1" in ax.get_title() and [t.get_text() for t in ax.get_legend().get_texts()] == ["base", "trained"]
-    assert [round(b.get_height(), 3) for b in ax.patches] == [0.2, 0.2, 0.3, 0.3]  # base yor, avg; trained yor, avg
-    intervals = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
-    assert sorted((round(s[0][1], 3), round(s[1][1], 3)) for s in intervals) == [(0.1, 0.3)] * 2 + [(0.2, 0.4)] * 2
-    plot_retrieval(task_metrics, str(tmp_path / "r.png"))
-    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_tasks_plot_shows_each_metrics_average_with_its_interval(task_metrics, tmp_path):
-    from matplotlib.collections import LineCollection
-
-    from pipeline.evaluate import tasks_figure
-
-    [ax] = tasks_figure(task_metrics).axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["P@1", "P@5"]
-    assert "Bilingual lexicon induction" in ax.get_title() and "1 languages" in ax.get_title()
-    assert [round(b.get_height(), 3) for b in ax.patches] == [0.2, 0.4, 0.3, 0.5]  # base P@1, P@5; trained P@1, P@5
-    intervals = sorted((round(s[0][1], 3), round(s[1][1], 3)) for c in ax.collections if isinstance(c, LineCollection)
-                       for s in c.get_segments())
-    assert intervals == [(0.1, 0.3), (0.2, 0.4)], "P@1 has an interval per model, P@5 (no interval) none"
-    path = tmp_path / "t.png"
-    plot_tasks(task_metrics, str(path))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_the_evaluate_stage_imports_no_other_stage():
+    """Stages stand side by side: evaluate reads the run's layout and records through shared modules only."""
+    code = f"import sys, pipeline.evaluate; print(sorted(m for m in sys.modules if m in {sorted(OTHER_STAGES)!r}))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, tiny_encoder, tmp_path):
@@ -175,19 +75,6 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
     assert "| xllora | 10 | 9 | 7 | 7 | 1.500 |" in report
     assert {"metrics", "report", "plot", "tasks_plot"} <= set(result.outputs)
     assert (out / "tasks.png").stat().st_size > 5_000
-
-
-def test_a_language_without_items_is_skipped_not_nan(make_config):
-    from pipeline.evaluate import summarise_tasks
-
-    cfg = make_config(languages=["yor", "kha"], evaluate={"tasks": [], "bootstrap_samples": 50})
-    vectors = ("hit1_to", "rr_to", "ndcg_to", "hit1_from", "rr_from", "ndcg_from")
-    items = {"yor": {**{k: np.ones(3) for k in vectors}, "f1_to": 1.0, "f1_from": 1.0},
-             "kha": {**{k: np.zeros(0) for k in vectors}, "f1_to": 0.0, "f1_from": 0.0}}
-    results = {m: {"_items": {"retrieval": items}, "_skipped": {}} for m in ("base", "trained")}
-    out = summarise_tasks(cfg, results, {}, {}, {})
-    assert out["retrieval"]["per_language"]["kha"]["skipped"].startswith("no items")
-    assert out["retrieval"]["average"]["base"]["x->eng acc@1"] == 1.0 and out["retrieval"]["average"]["base"]["languages"] == 1
 
 
 def udhr_eval_rows(langs: list[str]) -> list[dict]:
@@ -262,22 +149,25 @@ def test_user_parallel_text_and_query_documents_are_scored_and_reported_in_html(
     assert not re.search(r"<link|<script|@import|url\(", page)
 
 
-def test_malformed_user_files_stop_the_evaluation_before_any_model_and_bad_config_is_refused(make_config, tmp_path):
-    from pipeline.config import ConfigError
-    from pipeline.evaluate import prepare_tasks
+def test_sts_in_the_evaluation_reports_a_language_without_a_file_as_skipped(make_config, tiny_encoder, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    (tmp_path / "yor.txt").write_text("a\nb\nc\n")
-    (tmp_path / "eng.txt").write_text("A\nB\n")
-    cfg = make_config(languages=["yor"], evaluate={"parallel": {"yor": [str(tmp_path / "yor.txt"), str(tmp_path / "eng.txt")]}})
-    with pytest.raises(ValueError, match=r"yor.txt has 3 lines, .*eng.txt has 2"):
-        prepare_tasks(cfg, ["yor"])
-    with pytest.raises(ConfigError) as err:
-        make_config(evaluate={"parallel": {"yor": ["a.txt", "b.txt", "c.txt"], "kha": "kha.txt"},
-                              "query_docs": {"yor": "qd.txt"}})
-    message = str(err.value)
-    assert "evaluate.parallel: yor: expected one .csv / .tsv / .jsonl / .parquet file with columns yor and eng, or two " \
-           "line-aligned text files [yor.txt, eng.txt]; got 3 file(s); kha: expected" in message
-    assert "got 'kha.txt'" in message and "evaluate.query_docs: yor: 'qd.txt' is not a .csv / .tsv / .jsonl / .parquet file" in message
+    from pipeline.evaluate import evaluate_models
+
+    pairs = tmp_path / "yor.tsv"
+    pairs.write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"Ọmọ {i} ń lọ.\tỌmọ {i} ń sáré.\t{i % 5}\n" for i in range(12)))
+    cfg = make_config(languages=["yor", "kha"], train={"encoder": tiny_encoder},
+                      evaluate={"tasks": [], "sts": {"yor": str(pairs)}, "bootstrap_samples": 20})
+    pq.write_table(pa.Table.from_pylist(udhr_eval_rows(["eng", "yor", "kha"])), tmp_path / "eval.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    evaluate_models(cfg, {"base": tiny_encoder, "trained": tiny_encoder}, {"eval": str(tmp_path / "eval.parquet")}, str(out))
+    sts = json.loads((out / "metrics.json").read_text())["tasks"]["sts"]
+    yor = sts["per_language"]["yor"]["base"]
+    assert yor["n"] == 12 and -1.0 <= yor["Spearman"] <= 1.0 and np.isfinite(sts["average"]["base"]["Spearman"])
+    assert sts["per_language"]["kha"]["skipped"].startswith("no STS file for kha")
 
 
 def local_mteb_tasks(lang: str, texts: list[str], english: list[str]) -> list:
@@ -322,7 +212,7 @@ def test_an_exported_encoder_runs_under_mteb_unchanged_and_mteb_agrees_with_our_
     mteb = pytest.importorskip("mteb", reason="mteb is in the dev extra: pip install -e '.[dev]'")
     from sentence_transformers import SentenceTransformer
 
-    from pipeline import _eval_tasks as t
+    from pipeline.evaluation import metrics as t
     from pipeline.train import export_sentence_transformer
 
     rows = udhr_eval_rows(["eng", "swh"])

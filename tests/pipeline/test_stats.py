@@ -1,9 +1,27 @@
-"""Paired statistics of the report: p values, detectable differences, the share of the upper bound's gain closed."""
+"""Statistics of the report: bootstrap intervals, p values, detectable differences, the share of the upper bound's gain
+closed."""
 
 import numpy as np
 import pytest
 
 from pipeline import _stats
+
+
+def test_bootstrap_intervals_cover_the_mean_and_shrink_with_more_items():
+    rng = np.random.default_rng(1)
+    small, big = rng.random(23) < 0.3, rng.random(2000) < 0.3
+    lo, hi = _stats.bootstrap_mean_ci([small])
+    assert lo <= small.mean() <= hi and hi - lo > 0.2  # 23 items: a wide interval
+    lo2, hi2 = _stats.bootstrap_mean_ci([big])
+    assert hi2 - lo2 < 0.06
+    assert _stats.bootstrap_mean_ci([small], samples=0) is None
+    # one item more right out of 23 is not a measurable win
+    better = small.copy()
+    better[np.argmin(better)] = True
+    lo, hi = _stats.bootstrap_delta_ci([better], [small])
+    assert lo <= 0 <= hi
+    lo, hi = _stats.bootstrap_delta_ci([np.ones(200)], [np.zeros(200)])
+    assert lo == hi == 1.0
 
 
 def test_a_clear_paired_gain_has_a_small_p_and_no_gain_has_p_one():

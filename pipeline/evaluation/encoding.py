@@ -1,0 +1,94 @@
+"""Embeddings for the evaluation: each model loaded once, each distinct text encoded once per model.
+
+Every task's texts are gathered before any model runs (`distinct_texts`), so a text that several tasks share (the
+English UDHR pool of every language, the probe's English training names) is encoded once, and all of a model's texts
+go through the encoder in one pass: sorted by token length, so a batch holds texts of about the same length and
+little padding, and batched by tokens (`length_batches`) rather than by a fixed count, so short texts (words, emoji
+names) fill large batches and long paragraphs small ones. Batching changes float rounding in the last bits of a
+vector (~1e-7), not the reports: metrics.json stays byte-identical to the one written by encoding each task's texts
+in batches of 32 (benchmarks/bench_eval.py checks it on the demo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+# Tokens (padded) in one forward pass: evaluate.batch_size texts of TOKENS_PER_TEXT tokens (32 x 128 = 4096). Measured
+# on the demo's texts with e5-small, 2 CPU threads: 4096 tokens a pass encoded them 2.8x faster than 32 texts a pass
+# (the old way: 2,000 words and names in batches of 32 cost three times the 230 paragraphs), 1.6x faster than 1024
+# (one measurement on a shared machine: pick again with benchmarks/bench_eval.py if the machine differs).
+TOKENS_PER_TEXT = 128
+
+
+@dataclass
+class Embeddings:
+    """A model's unit vectors of distinct texts; `of(texts)` stacks them in the order asked."""
+
+    index: dict[str, int]
+    vectors: np.ndarray  # [texts, dim]
+    token_lengths: np.ndarray  # [texts]: tokens of prefix + text, uncut
+    max_seq_length: int
+
+    def of(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 1))
+        return self.vectors[[self.index[t] for t in texts]]
+
+    def truncation(self) -> dict:
+        """How many of the texts were longer than the model reads (max_seq_length), so were cut."""
+        if not len(self.token_lengths):
+            return {"max_seq_length": self.max_seq_length, "texts": 0, "truncated_share": 0.0, "longest": 0}
+        return {"max_seq_length": self.max_seq_length, "texts": len(self.token_lengths),
+                "longest": int(self.token_lengths.max()),
+                "truncated_share": int((self.token_lengths > self.max_seq_length).sum()) / len(self.token_lengths)}
+
+
+def distinct_texts(groups: Iterable[Iterable[str]]) -> list[str]:
+    """Every text of every group once, in the order first seen."""
+    return list(dict.fromkeys(t for group in groups for t in group))
+
+
+def load_model(path: str):
+    """A sentence-transformers model on the CPU, for inference."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu")
+
+
+def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Indices of texts grouped into batches, longest first, each as many texts as fit in `max_tokens` once padded to
+    the batch's longest (at least one): short texts fill large batches, long ones small."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        size = max(1, max_tokens // max(int(lengths[order[start]]), 1))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def encode(model, texts: list[str], prefix: str, batch_size: int) -> Embeddings:
+    """Unit vectors of `texts` (distinct) under `model`, with `prefix` (E5's "query: ") before each; a forward pass
+    holds up to batch_size * TOKENS_PER_TEXT tokens."""
+    lengths = token_lengths(model, texts, prefix)
+    readable = np.minimum(lengths, model.max_seq_length)  # what the model reads, hence pads to
+    order, parts = [], []
+    for batch in length_batches(readable, batch_size * TOKENS_PER_TEXT):
+        parts.append(model.encode([texts[i] for i in batch], prompt=prefix, batch_size=len(batch), normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False))
+        order.append(batch)
+    vectors = np.zeros((0, 1), dtype=np.float32)
+    if parts:
+        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=parts[0].dtype)
+        vectors[np.concatenate(order)] = np.concatenate(parts)
+    return Embeddings({t: i for i, t in enumerate(texts)}, vectors, lengths, model.max_seq_length)
+
+
+def token_lengths(model, texts: list[str], prefix: str) -> np.ndarray:
+    """Tokens of prefix + text for each text, special tokens included, before any cut."""
+    if not texts:
+        return np.zeros(0, dtype=int)
+    return np.array([len(ids) for ids in model.tokenizer([prefix + t for t in texts], truncation=False)["input_ids"]])

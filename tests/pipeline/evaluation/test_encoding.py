@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from pipeline.evaluation import encoding
+
+
+def test_distinct_texts_keep_the_first_occurrence_of_each_text_across_tasks():
+    assert encoding.distinct_texts([["a", "b"], ["b", "c"], [], ["a", "d"]]) == ["a", "b", "c", "d"]
+
+
+def test_length_batches_put_long_texts_first_and_pack_short_ones_by_tokens():
+    lengths = np.array([3, 50, 4, 50, 10, 3])
+    batches = encoding.length_batches(lengths, max_tokens=100)
+    # 50-token texts: 100 // 50 = 2 per batch; then the longest left is 10 tokens: 100 // 10 = 10 texts fit
+    assert [b.tolist() for b in batches] == [[1, 3], [4, 2, 0, 5]]
+    assert [b.tolist() for b in encoding.length_batches(lengths, max_tokens=8)] == [[1], [3], [4], [2, 0], [5]], \
+        "a text longer than the budget is a batch of its own"
+    assert encoding.length_batches(np.array([], dtype=int), 2048) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_encoder):
+    return encoding.load_model(tiny_encoder)
+
+
+def test_encode_gives_each_distinct_text_its_sentence_transformers_vector(tiny_model, monkeypatch):
+    texts = ["a", "a much longer sentence about the rights of every person " * 3, "two words", "x y z", "the end"]
+    encoded = []  # every text the model encodes, to check none is encoded twice
+    real = tiny_model.encode
+    monkeypatch.setattr(tiny_model, "encode", lambda batch, **kw: encoded.extend(batch) or real(batch, **kw))
+    emb = encoding.encode(tiny_model, texts, "query: ", batch_size=2)
+    assert sorted(encoded) == sorted(texts)
+    monkeypatch.undo()
+    expected = tiny_model.encode(texts, prompt="query: ", normalize_embeddings=True, convert_to_numpy=True)
+    assert np.allclose(emb.of(texts), expected, atol=1e-6)
+    assert np.allclose(emb.of(["x y z", "a"]), expected[[3, 0]], atol=1e-6)
+    assert emb.of([]).shape == (0, 1)
+
+
+def test_truncation_counts_texts_longer_than_the_model_reads(tiny_model):
+    long = "word " * 100  # more than the tiny encoder's 64 tokens
+    emb = encoding.encode(tiny_model, ["short", long], "", batch_size=8)
+    t = emb.truncation()
+    assert t["max_seq_length"] == 64 and t["texts"] == 2 and t["truncated_share"] == 0.5 and t["longest"] > 100
+    assert encoding.encode(tiny_model, [], "", batch_size=8).truncation() == \
+        {"max_seq_length": 64, "texts": 0, "truncated_share": 0.0, "longest": 0}
