@@ -122,6 +122,13 @@ STAGES = ["seeds", "adapters", "synthesize"]
 SMALL_SYNTHESIS = {"languages": ["yor"], "seeds": {"max_per_language": 30}, "synthesis": {"num_shots": 0}}
 
 
+def interruptible(tiny_generator: str) -> dict:
+    """Generation settings under which synthesis lasts long enough to be interrupted between its first answers and
+    its last: greedy, the tiny generator ends every answer at its first token (a newline), and the whole stage can
+    finish before a Ctrl-C lands. Sampled tokens rarely stop early, and batches of 2 write answers often."""
+    return {"model": tiny_generator, "max_new_tokens": 16, "batch_size": 2, "temperature": 1.0}
+
+
 def interrupt_once_answers_appear(cfg, answers_dir: str) -> int:
     """Run seeds -> synthesize, Ctrl-C it once the first answers are on disk; the rows answered by then."""
     watcher = WhenAnswersAppear(answers_dir, lambda: _thread.interrupt_main() or True)
@@ -142,7 +149,7 @@ def interrupt_once_answers_appear(cfg, answers_dir: str) -> int:
 
 
 def test_an_interrupted_synthesis_resumes_where_it_stopped(ray_local, make_config, tiny_generator):
-    cfg = make_config(**SMALL_SYNTHESIS, generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4})
+    cfg = make_config(**SMALL_SYNTHESIS, generator=interruptible(tiny_generator))
     answers_dir = os.path.join(cfg.run_dir, "synthesize", "answers")
     answered = interrupt_once_answers_appear(cfg, answers_dir)
     assert os.path.exists(manifest_path(cfg, "adapters")) and not os.path.exists(manifest_path(cfg, "synthesize"))
@@ -190,7 +197,7 @@ def test_a_run_kept_in_s3_resumes_synthesis_from_its_local_mirror(ray_local, mak
     from pipeline.run import mirrored, run_root
 
     cfg = make_config(**SMALL_SYNTHESIS, run_dir=f"{s3_bucket}/run",
-                      generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4})
+                      generator=interruptible(tiny_generator))
     answered = interrupt_once_answers_appear(cfg, os.path.join(mirrored(cfg, join(run_root(cfg), "synthesize")), "answers"))
 
     manifests = run_pipeline(cfg, STAGES)
