@@ -10,13 +10,16 @@ sentence-transformers folder that `SentenceTransformer(path)` loads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -487,6 +490,21 @@ def fit_max_length(cfg: RunConfig, encoder_path: str, triplet_files: list[str]) 
                         "truncated_share": sum(n > max_length for n in lengths) / max(1, len(lengths))}
 
 
+@contextlib.contextmanager
+def own_ctrl_c_kept():
+    """Ray Train (2.60) installs a Ctrl-C handler for its fit ("gracefully aborting the training run") and leaves it
+    installed: afterwards a Ctrl-C, during evaluate or in the next stage of the same process, would only ask a finished
+    run to abort. The process's own handler is put back when the fit ends."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 def train_encoders(cfg: RunConfig, encoder_path: str, sets: dict[str, str], out_dir: str,
                    max_length: int) -> dict[str, tuple[dict, dict]]:
     """One Ray Train run that trains a model per triplet file in turn -> {variant: (trained parameters, details)}.
@@ -518,7 +536,8 @@ def train_encoders(cfg: RunConfig, encoder_path: str, sets: dict[str, str], out_
                                   checkpoint_config=CheckpointConfig(num_to_keep=1),
                                   failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
     )
-    result = trainer.fit()
+    with own_ctrl_c_kept():
+        result = trainer.fit()
     trained = {}
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, "progress.json")) as f:

@@ -1,3 +1,5 @@
+import signal
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +42,9 @@ def train_config(make_config, encoder, **train_fields):
 
 def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_local, make_config, tiny_encoder, triplets, tmp_path):
     cfg = train_config(make_config, tiny_encoder, num_workers=2)
+    ctrl_c = signal.getsignal(signal.SIGINT)
     result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
+    assert signal.getsignal(signal.SIGINT) is ctrl_c, "Ray Train's Ctrl-C handler is not left behind after the fit"
 
     losses = [epoch["loss"] for epoch in result.details["variants"]["icl"]["epochs"]]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
