@@ -132,12 +132,16 @@ def interruptible(tiny_generator: str) -> dict:
 def interrupt_once_answers_appear(cfg, answers_dir: str) -> int:
     """Run seeds -> synthesize, Ctrl-C it once the first answers are on disk; the rows answered by then."""
     watcher = WhenAnswersAppear(answers_dir, lambda: _thread.interrupt_main() or True)
+    # Ctrl-C as in a fresh `bootembed run` process: KeyboardInterrupt. Earlier tests of the session may have left
+    # another SIGINT handler installed (one that logs and returns), which would swallow the interrupt.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(cfg, STAGES)
     finally:
         watcher.done.set()
+        signal.signal(signal.SIGINT, handler)
     # Write tasks already running when Ctrl-C came may still finish their files: count once the folder is still.
     answered, still_since, deadline = answered_rows(answers_dir), time.monotonic(), time.monotonic() + 60
     while time.monotonic() - still_since < 3 and time.monotonic() < deadline:
