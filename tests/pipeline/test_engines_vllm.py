@@ -45,6 +45,7 @@ def test_vllm_rows_use_the_adapter_they_name(ray_local, generator_path, tmp_path
     hf = HFGenerator(generator_path, GENERATOR, paths)
     table = pa.Table.from_pylist(rows(["a", "b", ""]))
     expected = hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+    assert set(expected["status"]) == {OK}, expected["status"]
     for row_id, raw in zip(expected["id"], expected["raw"]):
         assert out[row_id]["raw"].split()[:2] == raw.split()[:2], (row_id, out[row_id]["raw"], raw)
 
@@ -97,8 +98,9 @@ def test_the_openai_engine_against_vllms_own_server(ray_local, generator_path, t
         assert len(out) == 3 and all(r["status"] == OK and r["raw"] for r in out), out
         hf = HFGenerator(generator_path, {**GENERATOR, "max_new_tokens": 12}, {})
         table = pa.Table.from_pylist(rows([""]))
-        expected = dict(zip(*[hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})[k]
-                              for k in ("id", "raw")]))
+        answers = hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+        assert set(answers["status"]) == {OK}, answers["status"]
+        expected = dict(zip(answers["id"], answers["raw"]))
         for r in out:  # the server applies the same chat template: the same greedy answer, first words at least
             assert r["raw"].split()[:2] == expected[r["id"]].split()[:2], (r["raw"], expected[r["id"]])
     finally:
