@@ -8,11 +8,16 @@ What it measures
     command (Python start, imports, config). The baseline's code is `git archive`d from --baseline into a temporary
     folder. The script also checks that both versions wrote the same metrics.json, byte for byte.
 
+    This tree keeps each model's vectors on disk (cache_dir/vectors/): its timed runs start from an empty vector
+    cache (a first evaluation), and a last row times a rerun that finds every vector cached (a second evaluation of
+    the same models: a changed report setting, `bootembed evaluate` again). The models come from your cache_dir,
+    linked into a temporary one.
+
     The machine may be shared: the load average is printed before and after; compare the ratio, not absolute
     numbers across invocations.
 
 Run
-    python benchmarks/bench_eval.py RUN_DIR [--baseline 518e3d6] [--repeats 1] [--keep DIR]
+    python benchmarks/bench_eval.py RUN_DIR [--baseline 518e3d6] [--repeats 1] [--cache-dir DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+WARM = "this tree, vectors cached"
 
 
 def export_tree(ref: str, dest: Path) -> Path:
@@ -39,15 +45,17 @@ def export_tree(ref: str, dest: Path) -> Path:
     return dest
 
 
-def evaluate_once(tree: Path, source_run: Path, run_dir: Path) -> tuple[float, float, bytes, str]:
+def evaluate_once(tree: Path, source_run: Path, run_dir: Path, cache_dir: Path, cold: bool = True) -> tuple[float, float, bytes, str]:
     """(stage seconds, wall seconds, metrics.json, report.md) of one evaluate stage run by `tree`'s code on a fresh
-    copy of source_run at run_dir."""
+    copy of source_run at run_dir; `cold`: with no vector cached."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    if cold:
+        shutil.rmtree(cache_dir / "vectors", ignore_errors=True)
     shutil.copytree(source_run, run_dir, ignore=shutil.ignore_patterns("evaluate", "logs"))
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "pipeline.cli", "evaluate", str(run_dir / "config.yaml"), "--set", f"run_dir={run_dir}",
-               "--force"]
+               "--set", f"cache_dir={cache_dir}", "--force"]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True, check=False)  # failure reported below
     wall = time.perf_counter() - start
@@ -62,6 +70,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="A finished run (seeds, filter and train done), e.g. the demo's.")
     parser.add_argument("--baseline", default="518e3d6", help="Commit whose evaluate stage is the baseline.")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cache-dir", default="~/.cache/bootembed", help="Where the run's models are cached (its cache_dir).")
     parser.add_argument("--keep", type=Path, help="Keep both versions' metrics.json and report.md here.")
     args = parser.parse_args()
     source = args.run_dir.resolve()
@@ -71,12 +80,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         trees = {"baseline": export_tree(args.baseline, Path(tmp) / "baseline"), "this tree": REPO}
         run_dir = Path(tmp) / "run"  # one path for both: metrics.json hashes the config, run_dir included
+        cache_dir = Path(tmp) / "cache"
+        cache_dir.mkdir()
+        (cache_dir / "models").symlink_to(Path(args.cache_dir).expanduser().resolve() / "models")
         load_before = os.getloadavg()
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in [*trees, WARM]}
         outputs: dict[str, tuple[bytes, str]] = {}
         for _ in range(args.repeats):
-            for name, tree in trees.items():
-                stage, wall, metrics, report = evaluate_once(tree, source, run_dir)
+            for name, tree in [*trees.items(), (WARM, REPO)]:
+                stage, wall, metrics, report = evaluate_once(tree, source, run_dir, cache_dir, cold=name != WARM)
                 times[name].append((stage, wall))
                 outputs[name] = (metrics, report)
                 print(f"  {name}: stage {stage:.1f} s, wall {wall:.1f} s", flush=True)
@@ -90,13 +102,15 @@ def main() -> None:
         stage, wall = statistics.median(s for s, _ in runs), statistics.median(w for _, w in runs)
         label = f"{name} ({args.baseline})" if name == "baseline" else name
         print(f"| {label} | {stage:.1f} | {wall:.1f} | {base_stage / stage:.2f}x faster |")
-    same_metrics = outputs["baseline"][0] == outputs["this tree"][0]
-    same_report = outputs["baseline"][1] == outputs["this tree"][1]
-    print(f"\nmetrics.json identical: {same_metrics}; report.md identical: {same_report}")
+    for name in ("this tree", WARM):
+        same_metrics = outputs["baseline"][0] == outputs[name][0]
+        same_report = outputs["baseline"][1] == outputs[name][1]
+        print(f"\n{name} vs baseline: metrics.json identical: {same_metrics}; report.md identical: {same_report}", end="")
+    print()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         for name, (metrics, report) in outputs.items():
-            slug = "baseline" if name == "baseline" else "new"
+            slug = {"baseline": "baseline", "this tree": "new", WARM: "cached"}[name]
             (args.keep / f"metrics.{slug}.json").write_bytes(metrics)
             (args.keep / f"report.{slug}.md").write_text(report)
         print(f"kept in {args.keep}")

@@ -105,9 +105,7 @@ def task_texts(task: str, data: tuple) -> list[str]:
 def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig, task_data: dict, texts: list[str]) -> dict:
     """One model on every task: {"legacy": retrieval scores {per_language, average}, "truncation",
     "items": task -> lang -> per-item scores, "skipped": task -> lang -> why this model could not score it}."""
-    model = encoding.load_model(path)
-    emb = encoding.encode(model, texts, cfg.train.prefix, cfg.evaluate.batch_size)
-    del model  # the vectors are all this model is needed for
+    emb = encoding.encode_cached(path, texts, cfg.train.prefix, cfg.evaluate.batch_size, cfg.cache_dir)
     items, skipped = score_tasks(emb, rows, langs, cfg, task_data)
     per_lang = {lang: scoring.bitext_scores(items["retrieval"][lang]) for lang in langs}
     average = {k: float(np.mean([m[k] for m in per_lang.values()])) for k in LEGACY_KEYS} if per_lang else {}

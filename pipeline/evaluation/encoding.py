@@ -7,12 +7,20 @@ little padding, and batched by tokens (`length_batches`) rather than by a fixed 
 names) fill large batches and long paragraphs small ones. Batching changes float rounding in the last bits of a
 vector (~1e-7), not the reports: metrics.json stays byte-identical to the one written by encoding each task's texts
 in batches of 32 (benchmarks/bench_eval.py checks it on the demo).
+
+Vectors are kept on disk per model (`encode_cached`): under cache_dir/vectors/, one file per model folder content and
+prefix, so a rerun of the stage (a changed report setting, `bootembed eval`, a new task) and every run that shares
+the base encoder encode only the texts no earlier run gave that model. Keyed by what the folder holds, not where it
+is: a retrained model is a new file, never stale vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -92,3 +100,65 @@ def token_lengths(model, texts: list[str], prefix: str) -> np.ndarray:
     if not texts:
         return np.zeros(0, dtype=int)
     return np.array([len(ids) for ids in model.tokenizer([prefix + t for t in texts], truncation=False)["input_ids"]])
+
+
+def encode_cached(path: str, texts: list[str], prefix: str, batch_size: int, cache_dir: str | None) -> Embeddings:
+    """encode() of the model in folder `path`, reusing the vectors it already gave these texts with this prefix (read
+    from cache_dir/vectors/) and adding the new ones there; the model is not even loaded when every text is known.
+    No cache (None, or a model that is not a local folder): plain encode()."""
+    if cache_dir is None or not texts or not os.path.isdir(path):
+        return encode(load_model(path), texts, prefix, batch_size)
+    file = Path(os.path.expanduser(cache_dir)) / "vectors" / f"{folder_digest(path)}-{text_key(prefix)[:8]}.npz"
+    known = read_vectors(file)
+    missing = [t for t in texts if text_key(t) not in known.index]
+    if missing:
+        new = encode(load_model(path), missing, prefix, batch_size)
+        known = merge_vectors(known, Embeddings({text_key(t): i for t, i in new.index.items()}, new.vectors,
+                                                new.token_lengths, new.max_seq_length))
+        write_vectors(file, known)
+    rows = np.array([known.index[text_key(t)] for t in texts], dtype=int)
+    return Embeddings({t: i for i, t in enumerate(texts)}, known.vectors[rows] if len(rows) else np.zeros((0, 1), np.float32),
+                      known.token_lengths[rows] if len(rows) else np.zeros(0, dtype=int), known.max_seq_length)
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def folder_digest(path: str) -> str:
+    """SHA-256 of a folder's file names and bytes (~0.5 s for e5-small's 470 MB)."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(f for f in root.rglob("*") if f.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:20]
+
+
+def read_vectors(file: Path) -> Embeddings:
+    """The cached vectors keyed by text_key; none if the file is missing or unreadable (a cache is never an error)."""
+    try:
+        with np.load(file) as data:
+            return Embeddings({k: i for i, k in enumerate(data["keys"].tolist())}, data["vectors"], data["token_lengths"],
+                              int(data["max_seq_length"]))
+    except (OSError, ValueError, KeyError):
+        return Embeddings({}, np.zeros((0, 0), np.float32), np.zeros(0, dtype=int), 0)
+
+
+def merge_vectors(old: Embeddings, new: Embeddings) -> Embeddings:
+    if not old.index:
+        return new
+    offset = len(old.index)
+    return Embeddings({**old.index, **{k: offset + i for k, i in new.index.items()}}, np.concatenate([old.vectors, new.vectors]),
+                      np.concatenate([old.token_lengths, new.token_lengths]), new.max_seq_length)
+
+
+def write_vectors(file: Path, emb: Embeddings) -> None:
+    """Written beside and renamed into place: a run that stops mid-write, or two runs at once, leave a whole file."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npz")
+    keys = sorted(emb.index, key=emb.index.get)
+    np.savez(tmp, keys=np.array(keys), vectors=emb.vectors, token_lengths=emb.token_lengths,
+             max_seq_length=np.array(emb.max_seq_length))
+    os.replace(tmp, file)

@@ -44,3 +44,51 @@ def test_truncation_counts_texts_longer_than_the_model_reads(tiny_model):
     assert t["max_seq_length"] == 64 and t["texts"] == 2 and t["truncated_share"] == 0.5 and t["longest"] > 100
     assert encoding.encode(tiny_model, [], "", batch_size=8).truncation() == \
         {"max_seq_length": 64, "texts": 0, "truncated_share": 0.0, "longest": 0}
+
+
+def test_encode_cached_encodes_only_texts_the_model_has_not_seen_and_gives_the_same_vectors(tiny_encoder, tmp_path, monkeypatch):
+    encoded = []  # texts that reached a model, over every call
+    real_load = encoding.load_model
+
+    def counting_load(path):
+        model = real_load(path)
+        real = model.encode
+        model.encode = lambda batch, **kw: encoded.extend(batch) or real(batch, **kw)
+        return model
+
+    monkeypatch.setattr(encoding, "load_model", counting_load)
+    first = encoding.encode_cached(tiny_encoder, ["a", "two words", "x y z"], "query: ", 8, str(tmp_path))
+    assert sorted(encoded) == ["a", "two words", "x y z"] and len(list((tmp_path / "vectors").iterdir())) == 1
+    encoded.clear()
+    texts = ["x y z", "a new sentence", "a", "word " * 100]
+    again = encoding.encode_cached(tiny_encoder, texts, "query: ", 8, str(tmp_path))
+    assert sorted(encoded) == ["a new sentence", "word " * 100], "only the texts not cached reach the model"
+    plain = encoding.encode(real_load(tiny_encoder), texts, "query: ", 8)
+    assert np.allclose(again.of(texts), plain.of(texts), atol=1e-6) and np.array_equal(again.of(["a"]), first.of(["a"]))
+    assert again.truncation() == plain.truncation()
+    encoded.clear()
+    assert np.array_equal(encoding.encode_cached(tiny_encoder, texts, "query: ", 8, str(tmp_path)).of(texts), again.of(texts))
+    assert encoded == [], "every text known: the model is not run"
+    encoding.encode_cached(tiny_encoder, ["a"], "passage: ", 8, str(tmp_path))
+    assert encoded == ["a"], "another prefix is another vector"
+
+
+def test_encode_cached_tells_models_apart_by_their_files_and_survives_a_broken_cache(tiny_encoder, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_encoder, changed)
+    weights = next(changed.rglob("model.safetensors"))
+    tensors = {k: v + 0.5 * torch.randn_like(v) for k, v in load_file(weights).items()}
+    save_file(tensors, weights)
+    cache = tmp_path / "cache"
+    texts = ["one sentence", "another one"]
+    base = encoding.encode_cached(tiny_encoder, texts, "", 8, str(cache)).of(texts)
+    other = encoding.encode_cached(str(changed), texts, "", 8, str(cache)).of(texts)
+    assert not np.allclose(base, other, atol=1e-3), "a retrained model gets its own vectors, not the cached ones"
+    for file in (cache / "vectors").iterdir():
+        file.write_bytes(b"not an npz file")
+    assert np.allclose(encoding.encode_cached(tiny_encoder, texts, "", 8, str(cache)).of(texts), base, atol=1e-6)
