@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 import signal
 import subprocess
 import time
@@ -32,19 +32,24 @@ def test_a_relative_run_dir_is_refused_for_a_cluster(make_config):
         jobs.submit(make_config(run_dir="runs/x"), "http://127.0.0.1:9")
 
 
+VENV_BIN = Path(sys.executable).parent
+
+
 def ray_start(*args: str, temp: Path) -> subprocess.Popen:
     """`ray start --block` on loopback with every port a free one, in its own process group.
 
     With Ray's fixed default agent ports, a second Ray instance on the machine (the session's ray_local) keeps this
-    cluster's job agent from starting ("No available agent to submit job").
+    cluster's job agent from starting ("No available agent to submit job"). The `ray` beside this Python, with its
+    folder first on the cluster's PATH (jobs run `bootembed ...`): the venv may not be activated.
     """
     agent, agent_grpc, runtime_env, metrics = (free_port() for _ in range(4))
     return subprocess.Popen(
-        [shutil.which("ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", *args,
+        [str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", *args,
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}", f"--temp-dir={temp}",
          "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10) -> None:
