@@ -215,3 +215,11 @@ def merged_encoder(base: str, adapter: str, path: str) -> str:
     model[0].auto_model = PeftModel.from_pretrained(model[0].auto_model, adapter).merge_and_unload()
     model.save(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test files holding slow tests run first, each file's tests still together and in order: with the suite split
+    over processes (`-n 2 --dist loadfile`, .ci/run), the longest files start at once instead of leaving one process
+    running alone at the end, and module-scoped fixtures (a Ray cluster, a Serve app) start once per file."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

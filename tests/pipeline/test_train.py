@@ -193,7 +193,7 @@ def test_a_killed_training_worker_is_replaced_and_training_resumes_from_its_chec
     import threading
     import time
 
-    cfg = train_config(make_config, tiny_encoder, epochs=20, max_failures=2)
+    cfg = train_config(make_config, tiny_encoder, epochs=8, max_failures=2)
     cfg.synthesis.strategies = ["icl", "parallel"]
     killed: list[int] = []
 
@@ -226,7 +226,7 @@ def test_a_killed_training_worker_is_replaced_and_training_resumes_from_its_chec
     assert killed, "the test never found a training worker to kill"
     for variant in ("icl", "parallel"):
         epochs = [e["epoch"] for e in result.details["variants"][variant]["epochs"]]
-        assert epochs == list(range(20)), f"{variant}: every epoch once: resumed from the checkpoint, none lost, none repeated"
+        assert epochs == list(range(8)), f"{variant}: every epoch once: resumed from the checkpoint, none lost, none repeated"
         model = SentenceTransformer(f"{result.outputs['models']}/{variant}", device="cpu")
         assert model.encode(["a river nearby"]).shape == (1, 32)
 
