@@ -70,7 +70,7 @@ def adapter_step_seconds(folder: str, steps: int, threads: int) -> float:
 
 def generation(folder: str, anchors: list[dict], threads: int) -> tuple[float, float]:
     """(seconds per request, share of answers that parse) for two-shot icl positives, batch 16."""
-    gen = GeneratorConfig(batch_size=16, max_new_tokens=32, torch_threads=threads).model_dump(mode="json")
+    gen = GeneratorConfig(batch_size=16, max_new_tokens=32, torch_threads=threads)
     generator = HFGenerator(folder, gen, adapters={})
     batch = {"id": [], "lang": [], "strategy": [], "role": [], "adapter": [], "anchor": [], "messages": []}
     for a in anchors:

@@ -90,9 +90,9 @@ def main() -> None:
 
     import torch
 
+    from pipeline.layout import models_of_run
     from pipeline.models import resolve_model
     from serve._backends import load
-    from serve.app import models_of_run
     from serve.args import AppArgs
 
     torch.set_num_threads(1)

@@ -59,16 +59,17 @@ def make_adapters(base: str, root: Path, count: int, rank: int) -> dict[str, str
     from safetensors.torch import load_file, save_file
 
     from pipeline import encoder_lora
+    from pipeline.config import EncoderLoraConfig
     from pipeline.models import load_encoder
 
     _, model = load_encoder(base, freeze_embeddings=False)
     base_sha256 = encoder_lora.weights_sha256(model)  # before peft wraps the model's layers in place
-    lora = {"rank": rank, "alpha": 2 * rank, "dropout": 0.0, "target_modules": "all-linear"}
+    lora = EncoderLoraConfig(rank=rank, alpha=2 * rank, dropout=0.0, target_modules="all-linear")
     template = root / "template"
     get_peft_model(model, encoder_lora.peft_config(lora)).save_pretrained(template)
     shapes = {k: v.shape for k, v in load_file(template / encoder_lora.ADAPTER_WEIGHTS).items()}
     config = (template / encoder_lora.ADAPTER_CONFIG).read_text()
-    meta = {"base": base, "base_sha256": base_sha256, "lora": lora}
+    meta = {"base": base, "base_sha256": base_sha256, "lora": lora.model_dump(mode="json")}
     generator = torch.Generator().manual_seed(0)
     folders = {}
     for i in range(count):

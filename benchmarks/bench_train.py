@@ -178,6 +178,7 @@ import torch
 import pyarrow.parquet as pq
 from pipeline.models import resolve_model
 from pipeline.models import load_encoder  # noqa: E402
+from pipeline.config import TrainConfig
 from pipeline.train import backward_step, triplet_encoder
 a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
@@ -185,8 +186,8 @@ torch.manual_seed(0)
 tokenizer, model = load_encoder(resolve_model(a["encoder"], a["cache_dir"]), freeze_embeddings=True)
 encoder = triplet_encoder(model, "mean").train()
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
-cfg = {"prefix": a["prefix"], "max_length": a["max_length"], "temperature": a["temperature"], "gather_across_workers": True,
-       "mini_batch_size": a["mini_batch_size"]}
+cfg = TrainConfig(prefix=a["prefix"], temperature=a["temperature"], gather_across_workers=True,
+                  batch_size=a["batch_size"], mini_batch_size=a["mini_batch_size"])
 batch = pq.read_table(a["path"]).slice(0, a["batch_size"]).to_pydict()
 import threading, psutil
 rss, peak, stepping = psutil.Process().memory_info().rss, [0], [True]
@@ -198,7 +199,7 @@ watcher = threading.Thread(target=watch)
 watcher.start()
 started = time.perf_counter()
 optimizer.zero_grad()
-loss = backward_step(encoder, tokenizer, batch, cfg)
+loss = backward_step(encoder, tokenizer, batch, cfg, a["max_length"])
 optimizer.step()
 seconds = time.perf_counter() - started
 stepping[0] = False

@@ -60,7 +60,7 @@ def verdict(metrics: dict, fidelity: dict | None) -> dict | None:
     comparisons = [comparison(task, m, metric) for m in models[1:]]
     out = {"task": name, "metric": metric, "base": base, "n": task["average"][base]["n"],
            "languages": task["average"][base]["languages"], "comparisons": comparisons,
-           "detectable": task.get("detectable", {}).get(metric), "confidence": task.get("confidence", 0.95)}
+           "detectable": task.get("detectable", {}).get(metric), "confidence": task["confidence"]}
     if not comparisons:
         out["headline"] = "Only the base encoder was evaluated: nothing was trained to compare with."
         return out

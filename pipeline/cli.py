@@ -126,8 +126,8 @@ def adapters_list(
 def resolve_eval_models(refs: list[str], cache_dir: str) -> dict[str, str]:
     """`NAME=REF` or `REF` -> {name: model}; REF = bundled:<name>, a run directory (every encoder it trained),
     a sentence-transformers folder, or a hub id (downloaded by sentence-transformers)."""
+    from pipeline.layout import models_of_run
     from pipeline.models import resolve_model
-    from serve.app import models_of_run
 
     models: dict[str, str] = {}
     for text in refs:
@@ -221,8 +221,8 @@ def serve_sources(sources: list[str]) -> tuple[dict[str, str], ServeConfig | Non
     """Sources -> ({model name: folder or hub id}, the serve section of the first run config among them, the first
     run's local folder). A source is a run config YAML (its run_dir is served), a run directory, a
     sentence-transformers folder or a hub id."""
+    from pipeline.layout import models_of_run
     from pipeline.run import local_stage_dir, mirrored, run_root
-    from serve.app import models_of_run
 
     models: dict[str, str] = {}
     settings, run_folder = None, None

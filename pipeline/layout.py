@@ -1,6 +1,7 @@
 """The run directory's layout: where each stage writes and which encoders a run holds.
 
 Shared by the stages, the CLI and the server, so that none of them reads another stage's internals to find a file.
+`models_of_run` answers what `bootembed serve RUN_DIR` serves and `bootembed eval --model RUN_DIR` evaluates.
 
     <run_dir>/<stage>/manifest.json     every stage
     <run_dir>/train/models/<variant>/   one sentence-transformers folder per trained variant: a synthesis strategy,
@@ -10,7 +11,9 @@ Shared by the stages, the CLI and the server, so that none of them reads another
 from __future__ import annotations
 
 import os
+import re
 
+from pipeline import encoder_lora
 from pipeline.manifest import join
 
 BASELINE = "human_nli"  # human-made cross-lingual NLI triplets of 14 other languages (TrainConfig.human_nli_baseline)
@@ -39,3 +42,47 @@ def trained_models(models_folder: str, strategies: list[str]) -> dict[str, str]:
              if is_model_folder(os.path.join(models_folder, name))}
     order = [BASELINE, *strategies]
     return {name: found[name] for name in sorted(found, key=lambda n: order.index(n) if n in order else len(order))}
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`, as the hub writes ids
+
+
+def is_hub_model(source: str) -> bool:
+    """Whether `source` names a model on the Hugging Face hub: it is written like a hub id and is no local path."""
+    return bool(HUB_ID.fullmatch(source)) and not os.path.exists(os.path.expanduser(source))
+
+
+def models_of_run(run_dir: str, adapters: bool = True) -> dict[str, str]:
+    """{name: folder} of the encoders a run trained, or of one sentence-transformers folder; {id: id} for a hub id.
+
+    One synthesis strategy: the encoder is named after the run directory. Several: `<run>-<strategy>` each.
+    The non-synthetic baseline is a yardstick, not a product, and is not served. A source that is no local path but
+    is written like a hub model id (`org/name`) is served under that id; build_app checks that the hub has it.
+
+    A run trained with train.lora: each adapter as `<run>/<id>` (`<run>/yor`; served on the run's base encoder), in
+    place of its merged copy (models/lora-<id>), unless `adapters` is false (evaluation wants the merged folders).
+    An adapter folder by itself is served under its folder's name.
+    """
+    root = os.path.abspath(os.path.expanduser(run_dir))
+    name = os.path.basename(root)
+    if os.path.isfile(os.path.join(root, "modules.json")) or (adapters and encoder_lora.is_adapter_folder(root)):
+        return {name: root}
+    if is_hub_model(run_dir):
+        return {run_dir: run_dir}
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{run_dir}: no such directory (expected a run directory, a sentence-transformers "
+                                "folder or a hub model id)")
+    lora = encoder_lora.run_adapters(root) if adapters else None
+    served_lora = {f"{name}/{adapter}": folder for adapter, folder in (lora[1] if lora else {}).items()}
+    trained_dir = models_dir(root)
+    trained = sorted(v for v in (os.listdir(trained_dir) if os.path.isdir(trained_dir) else [])
+                     if v != BASELINE and not (lora and v.startswith(encoder_lora.MERGED_PREFIX))
+                     and is_model_folder(os.path.join(trained_dir, v)))
+    if len(trained) == 1:
+        return {name: os.path.join(trained_dir, trained[0]), **served_lora}
+    if trained or served_lora:
+        return {**{f"{name}-{v}": os.path.join(trained_dir, v) for v in trained}, **served_lora}
+    raise FileNotFoundError(
+        f"{run_dir}: neither a run directory with a trained model (nothing in {trained_dir}/*/modules.json) nor a "
+        "sentence-transformers folder (no modules.json); train one with `bootembed run CONFIG` first"
+    )

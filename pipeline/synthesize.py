@@ -139,14 +139,15 @@ def count_reasons(statuses: list[str]) -> dict[str, int]:
 
 
 def generate(cfg: RunConfig, requests, model_path: str, registry: list[dict]):
-    """The configured engine over a Ray Dataset of requests."""
+    """The configured engine over a Ray Dataset of requests. The engines get the generator section itself (Ray
+    pickles it to their actors), so they read the schema's fields and defaults, never a dict of their own."""
     from pipeline import engines
 
-    generator = cfg.generator.model_dump(mode="json")
+    generator = cfg.generator
     adapter_paths = {r["name"]: r["path"] for r in registry}
-    if cfg.generator.engine == "openai":
+    if generator.engine == "openai":
         return engines.generate_openai(requests, generator)
-    if cfg.generator.engine == "vllm":
+    if generator.engine == "vllm":
         import ray
 
         rank = max([cfg.adapters.rank, *[adapter_rank(p) for p in adapter_paths.values()]])

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, TrainConfig
 from pipeline.layout import BASELINE
 from pipeline.models import load_encoder
 from pipeline.manifest import StageOutput, file_digest, join
@@ -78,20 +78,22 @@ def triplet_encoder(model, pooling: str):
 COLUMNS = ("anchor", "positive", "negative")
 
 
-def tokenize(tokenizer, texts, cfg: dict, device) -> dict:
-    """Texts -> the encoder's inputs as training feeds it (prefix, truncation at max_length, padded to the longest)."""
-    enc = tokenizer([cfg["prefix"] + str(t) for t in texts], padding=True, truncation=True, max_length=cfg["max_length"],
+def tokenize(tokenizer, texts, prefix: str, max_length: int, device) -> dict:
+    """Texts -> the encoder's inputs as training feeds it (prefix, truncation at max_length, padded to the longest).
+
+    max_length: the length fitted to the data (fit_max_length), not train.max_length, which may be 'auto'."""
+    enc = tokenizer([prefix + str(t) for t in texts], padding=True, truncation=True, max_length=max_length,
                     return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def embed_triplets(encoder, tokenizer, batch: dict, cfg: dict):
+def embed_triplets(encoder, tokenizer, batch: dict, cfg: TrainConfig, max_length: int):
     """Anchors, positives and negatives of a batch -> three [b, d] tensors (`encoder`: a triplet_encoder)."""
     device = next(encoder.parameters()).device
-    return encoder(*(tokenize(tokenizer, batch[col], cfg, device) for col in COLUMNS))
+    return encoder(*(tokenize(tokenizer, batch[col], cfg.prefix, max_length, device) for col in COLUMNS))
 
 
-def contrastive_loss(batch: dict, cfg: dict):
+def contrastive_loss(batch: dict, cfg: TrainConfig):
     """(anchor, positive, negative embeddings of this worker's rows) -> InfoNCE over the global batch's candidates,
     with the positive's repeated texts masked out. The same function for the cached and the uncached step."""
     import torch
@@ -102,19 +104,19 @@ def contrastive_loss(batch: dict, cfg: dict):
 
     def loss(anchor, positive, negative):
         candidate_ids = torch.cat([positive_ids, negative_ids])
-        if cfg["gather_across_workers"]:
+        if cfg.gather_across_workers:
             positive, offset = gather_with_grad(positive)
             negative, _ = gather_with_grad(negative)
             candidate_ids = torch.cat([gather_ids(positive_ids), gather_ids(negative_ids)])
         else:
             offset = 0
-        return info_nce(anchor, positive, negative, cfg["temperature"], offset,
+        return info_nce(anchor, positive, negative, cfg.temperature, offset,
                         repeated_positives(positive_ids, candidate_ids, offset))
 
     return loss
 
 
-def backward_step(encoder, tokenizer, batch: dict, cfg: dict):
+def backward_step(encoder, tokenizer, batch: dict, cfg: TrainConfig, max_length: int):
     """The loss of one batch, backpropagated into the encoder's gradients; returns the loss (a 0-d tensor).
 
     With train.mini_batch_size, GradCache embeds that many texts at a time (losses.grad_cached_backward): the same
@@ -125,14 +127,14 @@ def backward_step(encoder, tokenizer, batch: dict, cfg: dict):
     from pipeline.losses import grad_cached_backward
 
     loss_fn = contrastive_loss(batch, cfg)
-    size = cfg["mini_batch_size"]
+    size = cfg.mini_batch_size
     if not size:
-        loss = loss_fn(*embed_triplets(encoder, tokenizer, batch, cfg))
+        loss = loss_fn(*embed_triplets(encoder, tokenizer, batch, cfg, max_length))
         loss.backward()
         return loss
     device = next(encoder.parameters()).device
-    chunks = [[tokenize(tokenizer, batch[col][i:i + size], cfg, device) for i in range(0, len(batch[col]), size)]
-              for col in COLUMNS]
+    chunks = [[tokenize(tokenizer, batch[col][i:i + size], cfg.prefix, max_length, device)
+               for i in range(0, len(batch[col]), size)] for col in COLUMNS]
     return grad_cached_backward(lambda col, i: encoder(chunks[col][i])[0], [len(c) for c in chunks], loss_fn,
                                 no_sync=getattr(encoder, "no_sync", nullcontext))
 
@@ -209,24 +211,27 @@ def train_loop(config: dict) -> None:
     One worker group for every model of the stage: workers start, import torch and load the encoder once. Rank 0
     checkpoints each epoch; the checkpoint carries the finished variants' weights and the current one's state, so a
     restarted worker group (a killed worker, a rerun) skips what is done and resumes mid-variant.
+
+    config: Ray Train's train_loop_config (a dict, as Ray Train requires): "train" (the TrainConfig section itself),
+    "max_length" (fitted to the data), "seed", "encoder_path" and "variants".
     """
     import ray
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
-    cfg = config["train"]
-    torch.set_num_threads(cfg["torch_threads"] or max(1, math.ceil(cfg["cpus_per_worker"])))
+    cfg: TrainConfig = config["train"]
+    torch.set_num_threads(cfg.worker_threads)
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
 
-    tokenizer, model = load_encoder(config["encoder_path"], cfg["freeze_embeddings"])
-    if cfg["lora"]:  # --- LoRA hook (pipeline/encoder_lora.py): only the adapters' weights train (each from one init)
+    tokenizer, model = load_encoder(config["encoder_path"], cfg.freeze_embeddings)
+    if cfg.lora:  # --- LoRA hook (pipeline/encoder_lora.py): only the adapters' weights train (each from one init)
         from pipeline import encoder_lora
 
-        model = encoder_lora.wrap(model, cfg["lora"])
+        model = encoder_lora.wrap(model, cfg.lora)
     base = trainable_state(model)
-    encoder = triplet_encoder(model, cfg["pooling"])
+    encoder = triplet_encoder(model, cfg.pooling)
     # Wrapped once: the variants reset the same parameters in place, so DDP's hooks stay valid.
     encoder = prepare_model(encoder) if world > 1 else encoder
     encoder.train()
@@ -234,10 +239,10 @@ def train_loop(config: dict) -> None:
     finished_dir = tempfile.mkdtemp(prefix="bootembed-train-")
     try:
         progress = restore_progress(ray.train.get_checkpoint(), finished_dir)
-        steps = StepReport(sum(v["steps_per_epoch"] for v in config["variants"]) * cfg["epochs"], rank == 0)
+        steps = StepReport(sum(v["steps_per_epoch"] for v in config["variants"]) * cfg.epochs, rank == 0)
         for variant in config["variants"]:
             if variant["name"] in progress["done"]:
-                steps.done += variant["steps_per_epoch"] * cfg["epochs"]
+                steps.done += variant["steps_per_epoch"] * cfg.epochs
                 continue
             resume = progress["state"] if progress["current"] and progress["current"]["variant"] == variant["name"] else None
             train_variant(variant, encoder, model, tokenizer, base, resume, progress, finished_dir, config, world, rank,
@@ -273,16 +278,16 @@ def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: 
     import ray.train
     import torch
 
-    cfg = config["train"]
+    cfg: TrainConfig = config["train"]
     name, steps_per_epoch = variant["name"], variant["steps_per_epoch"]
     with torch.no_grad():
         for param_name, p in model.named_parameters():
             if param_name in base:
                 p.copy_(base[param_name])
     torch.manual_seed(config["seed"])  # each variant draws the dropout masks a run of its own would
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
-    total_steps = steps_per_epoch * cfg["epochs"]
-    warmup = int(total_steps * cfg["warmup_ratio"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(total_steps * cfg.warmup_ratio)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
     )
@@ -296,9 +301,9 @@ def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: 
 
     table = ray.get(variant["triplets"])
     columns = {col: table[col].to_pylist() for col in COLUMNS}
-    for epoch in range(start_epoch, cfg["epochs"]):
+    for epoch in range(start_epoch, cfg.epochs):
         started, seen, losses = time.perf_counter(), 0, []
-        batches = epoch_batches(table.num_rows, cfg["batch_size"], config["seed"] + epoch)
+        batches = epoch_batches(table.num_rows, cfg.batch_size, config["seed"] + epoch)
         for b, batch_rows in enumerate(batches):
             rows = worker_rows(batch_rows, world, rank)
             if rows is None:
@@ -306,17 +311,17 @@ def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: 
                 continue
             batch = {col: [columns[col][i] for i in rows] for col in COLUMNS}
             optimizer.zero_grad()
-            loss = backward_step(encoder, tokenizer, batch, cfg)
+            loss = backward_step(encoder, tokenizer, batch, cfg, config["max_length"])
             optimizer.step()
             schedule.step()
             seen += len(rows)
             losses.append(loss.item())
-            steps.step(f"{name} epoch {epoch + 1}/{cfg['epochs']} loss {loss.item():.4f}", end_of_epoch=b == len(batches) - 1)
+            steps.step(f"{name} epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f}", end_of_epoch=b == len(batches) - 1)
         seconds = time.perf_counter() - started
         metrics = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses)), "steps": len(losses),
                    "samples_per_s": seen * world / max(seconds, 1e-9), "seconds": seconds}
         history.append(metrics)
-        last = epoch == cfg["epochs"] - 1
+        last = epoch == cfg.epochs - 1
         if rank == 0:
             if last:  # the final weights alone: nothing is left to resume
                 torch.save(trainable_state(model), os.path.join(finished_dir, f"final-{name}.pt"))
@@ -521,8 +526,10 @@ def train_encoders(cfg: RunConfig, encoder_path: str, sets: dict[str, str], out_
     steps = {variant: math.ceil(t.num_rows / cfg.train.batch_size) for variant, t in tables.items()}
     # The tables go through the object store: one copy per node, read by every worker (no shared file system needed).
     variants = [{"name": v, "triplets": ray.put(t), "steps_per_epoch": steps[v]} for v, t in tables.items()]
-    loop_config = {"train": {**cfg.train.model_dump(mode="json"), "max_length": max_length}, "seed": cfg.seed,
-                   "encoder_path": encoder_path, "variants": variants}
+    # Ray Train wants a dict: the train section travels as itself (pickled to the workers), the values fitted at run
+    # time beside it.
+    loop_config = {"train": cfg.train, "max_length": max_length, "seed": cfg.seed, "encoder_path": encoder_path,
+                   "variants": variants}
     # Same triplets + same train config -> same name, so Ray Train resumes an interrupted run.
     digest = hashlib.sha256(json.dumps({v: file_digest(p) for v, p in sets.items()}).encode()).hexdigest()[:12]
     name = f"ray-{cfg.section_hash('train', 'seed')}-{digest}"

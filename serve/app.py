@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import ipaddress
 import os
-import re
 import time
 
 from fastapi import FastAPI, Request
@@ -37,7 +36,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from pipeline import encoder_lora, layout
+from pipeline import encoder_lora
+from pipeline.layout import is_hub_model
 from serve._encoder import AdapterMismatchError, Encoder, ModelLoadError
 from serve._backends import check_installed
 from serve._openai import bad_ids, check_dimensions, embeddings_response, error, parse_inputs, too_long, truncate
@@ -220,14 +220,6 @@ def adapter_bases(adapters: dict[str, str], args: AppArgs) -> tuple[dict[str, li
     return bases, problems
 
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`, as the hub writes ids
-
-
-def is_hub_model(source: str) -> bool:
-    """Whether `source` names a model on the Hugging Face hub: it is written like a hub id and is no local path."""
-    return bool(HUB_ID.fullmatch(source)) and not os.path.exists(os.path.expanduser(source))
-
-
 def hub_model_problem(model_id: str) -> str | None:
     """Why `model_id` cannot be served from the hub (or its local cache, offline), or None: only its modules.json is
     fetched here; each replica loads the model itself, into its own node's cache."""
@@ -260,39 +252,3 @@ def api_key_from_env(name: str | None) -> str | None:
     if not key and name is not None:
         raise ValueError(f"--api-key-env {name}: environment variable {name} is not set or empty")
     return key or None
-
-
-def models_of_run(run_dir: str, adapters: bool = True) -> dict[str, str]:
-    """{name: folder} of the encoders a run trained, or of one sentence-transformers folder; {id: id} for a hub id.
-
-    One synthesis strategy: the encoder is named after the run directory. Several: `<run>-<strategy>` each.
-    The non-synthetic baseline is a yardstick, not a product, and is not served. A source that is no local path but
-    is written like a hub model id (`org/name`) is served under that id; build_app checks that the hub has it.
-
-    A run trained with train.lora: each adapter as `<run>/<id>` (`<run>/yor`; served on the run's base encoder), in
-    place of its merged copy (models/lora-<id>), unless `adapters` is false (evaluation wants the merged folders).
-    An adapter folder by itself is served under its folder's name.
-    """
-    root = os.path.abspath(os.path.expanduser(run_dir))
-    name = os.path.basename(root)
-    if os.path.isfile(os.path.join(root, "modules.json")) or (adapters and encoder_lora.is_adapter_folder(root)):
-        return {name: root}
-    if is_hub_model(run_dir):
-        return {run_dir: run_dir}
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{run_dir}: no such directory (expected a run directory, a sentence-transformers "
-                                "folder or a hub model id)")
-    lora = encoder_lora.run_adapters(root) if adapters else None
-    served_lora = {f"{name}/{adapter}": folder for adapter, folder in (lora[1] if lora else {}).items()}
-    models_dir = layout.models_dir(root)
-    trained = sorted(v for v in (os.listdir(models_dir) if os.path.isdir(models_dir) else [])
-                     if v != layout.BASELINE and not (lora and v.startswith(encoder_lora.MERGED_PREFIX))
-                     and layout.is_model_folder(os.path.join(models_dir, v)))
-    if len(trained) == 1:
-        return {name: os.path.join(models_dir, trained[0]), **served_lora}
-    if trained or served_lora:
-        return {**{f"{name}-{v}": os.path.join(models_dir, v) for v in trained}, **served_lora}
-    raise FileNotFoundError(
-        f"{run_dir}: neither a run directory with a trained model (nothing in {models_dir}/*/modules.json) nor a "
-        "sentence-transformers folder (no modules.json); train one with `bootembed run CONFIG` first"
-    )

@@ -190,17 +190,18 @@ def random_encoder_adapter(base: str, path: str, seed: int, rank: int = 4, alpha
     from peft import get_peft_model
 
     from pipeline import encoder_lora
+    from pipeline.config import EncoderLoraConfig
     from pipeline.models import load_encoder
 
     torch.manual_seed(seed)
     _, model = load_encoder(base, freeze_embeddings=False)
-    lora = {"rank": rank, "alpha": alpha, "dropout": 0.0, "target_modules": "all-linear"}
+    lora = EncoderLoraConfig(rank=rank, alpha=alpha, dropout=0.0, target_modules="all-linear")
     peft_model = get_peft_model(model, encoder_lora.peft_config(lora))
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0.0, lora_b_std)
     peft_model.save_pretrained(path)
-    meta = {"id": os.path.basename(path), "base": os.path.relpath(base, path), "lora": lora,
+    meta = {"id": os.path.basename(path), "base": os.path.relpath(base, path), "lora": lora.model_dump(mode="json"),
             "base_sha256": encoder_lora.encoder_sha256(trained_on or base)}
     Path(path, encoder_lora.META).write_text(json.dumps(meta))
     return path

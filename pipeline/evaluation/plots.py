@@ -49,7 +49,7 @@ def headline_figure(metrics: dict):
         ax.set_xticks(np.arange(len(langs) + 1) + width * (len(models) - 1) / 2, [*langs, "average"])
         ax.set_title(f"{TASK_TITLES.get(name, name)}: {metric}", fontsize=10)
         ax.set_ylim(0, 1.05)
-    axes[0][0].set_ylabel(f"{shown[0].split()[-1]} (bars: {int(round(100 * task.get('confidence', 0.95)))}% interval)")
+    axes[0][0].set_ylabel(f"{shown[0].split()[-1]} (bars: {int(round(100 * task['confidence']))}% interval)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig

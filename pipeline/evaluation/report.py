@@ -50,7 +50,7 @@ def _fmt_ci(ci: list[float] | None, signed: bool = False) -> str:
 
 def task_tables(name: str, task: dict, models: list[str], languages: list[str]) -> list[str]:
     """One table per metric: rows = languages + average, columns = models (best in bold), Δ vs the first model, n."""
-    level = int(round(100 * task.get("confidence", 0.95)))
+    level = int(round(100 * task["confidence"]))  # evaluate.confidence, as summarise recorded it
     lines = [f"## {TASK_TITLES.get(name, name)}", "", task.get("description", ""), ""]
     if task.get("bootstrap_samples"):
         lines += [f"Brackets: {level}% bootstrap interval ({task['bootstrap_samples']} resamples of the items; for Δ paired "

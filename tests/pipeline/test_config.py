@@ -113,6 +113,18 @@ def test_section_hash_changes_only_with_its_sections():
     assert a.section_hash("train") != b.section_hash("train")
 
 
+def test_defaults_that_follow_other_fields_are_the_schemas_and_stay_out_of_the_hashes():
+    """Empty torch_threads / max_cpu_loras are filled in by the schema (workers apply no default of their own), as
+    properties: they are not dumped, so adding them changed no stage fingerprint."""
+    from pipeline.config import GeneratorConfig, TrainConfig
+
+    assert GeneratorConfig(max_loras=16).cpu_loras == 64 and GeneratorConfig(max_cpu_loras=5).cpu_loras == 5
+    assert GeneratorConfig(cpus_per_actor=1.5).actor_threads == 2 and GeneratorConfig(torch_threads=3).actor_threads == 3
+    assert TrainConfig(cpus_per_worker=0.5).worker_threads == 1 and TrainConfig(torch_threads=2).worker_threads == 2
+    dump = RunConfig(languages=["yor"]).model_dump()
+    assert not (set(dump["generator"]) | set(dump["train"])) & {"cpu_loras", "actor_threads", "worker_threads"}
+
+
 def test_strategy_rules_name_the_fields_they_combine():
     base = {"languages": ["yor"]}
     with pytest.raises(ConfigError, match=r"train adapters on English outputs; they need synthesis.output_language: eng"):

@@ -122,12 +122,13 @@ def test_keep_full_finetune_trains_both(ray_local, make_config, tiny_encoder, tr
 def test_adapter_problems_name_what_is_wrong(tmp_path, tiny_encoder):
     from peft import get_peft_model
 
+    from pipeline.config import EncoderLoraConfig
     from pipeline.models import load_encoder
 
     folder = tmp_path / "a"
     _, model = load_encoder(tiny_encoder, freeze_embeddings=False)
-    get_peft_model(model, encoder_lora.peft_config({"rank": 2, "alpha": 4, "dropout": 0.0,
-                                                     "target_modules": ["query"]})).save_pretrained(folder)
+    lora = EncoderLoraConfig(rank=2, alpha=4, dropout=0.0, target_modules=["query"])
+    get_peft_model(model, encoder_lora.peft_config(lora)).save_pretrained(folder)
     assert "bootembed_lora.json" in encoder_lora.adapter_problem(str(folder))  # no record of its base
     (folder / encoder_lora.META).write_text(json.dumps({"base_sha256": "x"}))
     assert encoder_lora.adapter_problem(str(folder)) is None

@@ -24,8 +24,8 @@ from tests.conftest import free_port, random_adapter
 
 pytestmark = pytest.mark.timeout(600)
 MESSAGES = json.dumps([{"role": "user", "content": "Write one English sentence.\nSentence: Gbogbo ènìyàn ni a bí ní òmìnira."}])
-GENERATOR = {"torch_threads": 1, "cpus_per_actor": 1, "batch_size": 4, "max_new_tokens": 6, "max_prompt_tokens": 512,
-             "temperature": 0.0, "max_loras": 8}
+GENERATOR = GeneratorConfig(torch_threads=1, cpus_per_actor=1, batch_size=4, max_new_tokens=6, max_prompt_tokens=512,
+                            temperature=0.0, max_loras=8)
 
 
 def batch(adapters: list[str]) -> dict:
@@ -55,7 +55,7 @@ def test_hf_engine_generates_each_group_with_its_own_adapter(tiny_generator, two
 
 
 def test_hf_engine_keeps_at_most_max_loras_adapters_loaded(tiny_generator, two_adapters):
-    engine = HFGenerator(tiny_generator, {**GENERATOR, "max_loras": 1}, two_adapters)
+    engine = HFGenerator(tiny_generator, GENERATOR.model_copy(update={"max_loras": 1}), two_adapters)
     first_a = engine(batch(["a"]))["raw"][0]
     engine(batch(["b"]))
     assert list(engine.loaded) == ["b"] and set(engine.peft.peft_config) == {"b"}
@@ -126,7 +126,7 @@ def test_hf_engine_answers_as_plain_generate_does_for_prompts_sharing_a_prefix(l
     if adapter:
         model = PeftModel.from_pretrained(model, two_adapters[adapter]).eval()
     rows = fewshot_batch(adapter)
-    engine = HFGenerator(lively_generator, {**GENERATOR, "max_new_tokens": 20}, two_adapters)
+    engine = HFGenerator(lively_generator, GENERATOR.model_copy(update={"max_new_tokens": 20}), two_adapters)
     out = engine(rows)
     assert out["status"] == [OK] * len(ANCHORS)
     expected = [plain_generate(model, tokenizer, m, 20) for m in rows["messages"]]
@@ -219,9 +219,9 @@ def request_rows(texts: list[str]) -> pa.Table:
 
 
 def test_openai_engine_answers_every_row_and_keeps_server_errors_per_row(ray_local, chat_server):
-    generator = {"model": "tiny", "api_base": chat_server.api_base, "api_key_env": "BOOTEMBED_TEST_NO_KEY",
-                 "max_requests_per_s": None, "max_retries": 2, "batch_size": 4, "concurrency": 1, "max_new_tokens": 5,
-                 "temperature": 0.0}
+    generator = GeneratorConfig(engine="openai", model="tiny", api_base=chat_server.api_base,
+                                api_key_env="BOOTEMBED_TEST_NO_KEY", max_requests_per_s=None, max_retries=2, batch_size=4,
+                                concurrency=1, max_new_tokens=5, temperature=0.0)
     texts = [f"sentence number {i}" for i in range(6)] + ["please FAIL now", "a FLAKY one"]
     ds = ray_local.data.from_arrow(request_rows(texts))
     rows = {r["id"]: r for r in generate_openai(ds, generator).take_all()}
@@ -243,13 +243,15 @@ def test_an_unreachable_or_wrong_endpoint_fails_before_any_work(chat_server):
 
 def test_vllm_keeps_a_bounded_number_of_adapters_in_host_memory():
     """Thousands of languages: vLLM gets max_cpu_loras from the config (default 4 x max_loras), never every adapter."""
-    generator = GeneratorConfig(engine="vllm", max_loras=16).model_dump()
+    generator = GeneratorConfig(engine="vllm", max_loras=16)
     thousands = {f"l{i}": f"/adapters/l{i}" for i in range(2000)}
     on_gpu, _ = vllm_engine_settings(generator, thousands, on_gpu=True, max_lora_rank=8)
     assert (on_gpu["max_loras"], on_gpu["max_cpu_loras"], on_gpu["max_lora_rank"]) == (16, 64, 8)
-    capped, _ = vllm_engine_settings({**generator, "max_cpu_loras": 200}, thousands, on_gpu=True, max_lora_rank=8)
+    capped, _ = vllm_engine_settings(GeneratorConfig(engine="vllm", max_loras=16, max_cpu_loras=200), thousands,
+                                     on_gpu=True, max_lora_rank=8)
     assert capped["max_cpu_loras"] == 200
-    few, _ = vllm_engine_settings({**generator, "max_cpu_loras": 4}, dict(list(thousands.items())[:3]), True, 8)
+    few, _ = vllm_engine_settings(GeneratorConfig(engine="vllm", max_loras=16, max_cpu_loras=4),
+                                  dict(list(thousands.items())[:3]), True, 8)
     assert few["max_cpu_loras"] == 16  # vLLM needs room for every resident adapter: never below max_loras
     none, cpu_only = vllm_engine_settings(generator, {}, on_gpu=True, max_lora_rank=8)
     assert none["enable_lora"] is False and "max_cpu_loras" not in none and cpu_only == {}

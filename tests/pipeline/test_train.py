@@ -163,7 +163,7 @@ def test_the_exported_model_pools_exactly_as_training_did(make_config, tiny_enco
     tokenizer, encoder = train.load_encoder(tiny_encoder, freeze_embeddings=False)
     with torch.no_grad():
         trained_view, _, _ = train.embed_triplets(train.triplet_encoder(encoder, pooling).eval(), tokenizer, {"anchor": texts, "positive": texts, "negative": texts},
-                                                  cfg.train.model_dump())
+                                                  cfg.train, cfg.train.max_length)
     expected = torch.nn.functional.normalize(trained_view, dim=-1).numpy()
 
     exported = SentenceTransformer(str(out), device="cpu")  # plain sentence-transformers modules, no bootembed code

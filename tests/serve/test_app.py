@@ -615,9 +615,8 @@ def test_int8_onnx_app_serves_texts_and_token_arrays(server, st_models, referenc
 
 
 def test_an_unknown_hub_id_or_missing_folder_is_named_before_serving(tmp_path):
-    from serve.app import AppArgs, build_app, models_of_run
+    from serve.app import AppArgs, build_app
 
-    assert models_of_run("bootembed-test/absent") == {"bootembed-test/absent": "bootembed-test/absent"}
     with pytest.raises(FileNotFoundError) as caught:
         build_app(AppArgs(models={"a": "bootembed-test/absent", "b": str(tmp_path / "b")}))
     message = str(caught.value)
@@ -644,31 +643,3 @@ def test_api_key_from_env(monkeypatch):
     monkeypatch.setenv("MY_EMPTY_KEY", "")
     with pytest.raises(ValueError, match="MY_EMPTY_KEY is not set or empty"):
         api_key_from_env("MY_EMPTY_KEY")  # asked for a key: never silently serve without one
-
-
-# --- models_of_run ---------------------------------------------------------------------------------
-
-
-def test_models_of_run(tmp_path, tiny_encoder):
-    from serve.app import models_of_run
-
-    empty = tmp_path / "run-without-model"
-    empty.mkdir()
-    with pytest.raises(FileNotFoundError) as caught:
-        models_of_run(str(empty))
-    message = str(caught.value)
-    assert str(empty) in message and "train/models" in message and "modules.json" in message
-    assert "bootembed run" in message
-
-    with pytest.raises(FileNotFoundError, match="no such directory"):
-        models_of_run(str(tmp_path / "missing"))
-
-    run = tmp_path / "yor-run"
-    models = run / "train" / "models"
-    models.mkdir(parents=True)
-    (models / "icl").symlink_to(tiny_encoder)
-    (models / "human_nli").symlink_to(tiny_encoder)
-    assert models_of_run(str(run) + "/") == {"yor-run": str(models / "icl")}, "one strategy: named after the run"
-    (models / "xllora").symlink_to(tiny_encoder)
-    assert models_of_run(str(run)) == {"yor-run-icl": str(models / "icl"), "yor-run-xllora": str(models / "xllora")}
-    assert models_of_run(tiny_encoder) == {"st": tiny_encoder}

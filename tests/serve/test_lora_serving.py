@@ -191,22 +191,3 @@ def test_bad_adapter_folders_are_refused_at_start_each_named(tmp_path, tiny_enco
     assert "r/good" not in message
     with pytest.raises(ValueError, match="backend torch, quantize none only"):
         build_app(AppArgs(models={"r/good": good}, quantize="int8"))
-
-
-def test_a_lora_run_is_served_as_its_adapters(tmp_path, tiny_encoder):
-    from pipeline import encoder_lora
-    from serve.app import models_of_run
-
-    run = tmp_path / "demo"
-    lora_dir = run / "train" / "lora"
-    shutil.copytree(tiny_encoder, lora_dir / "base")
-    for lang in ("yor", "kha"):
-        random_encoder_adapter(str(lora_dir / "base"), str(lora_dir / lang), seed=0)
-        shutil.copytree(tiny_encoder, run / "train" / "models" / f"lora-{lang}")
-    shutil.copytree(tiny_encoder, run / "train" / "models" / "human_nli")
-    encoder_lora.write_registry(str(lora_dir), {"base": "base", "adapters": [{"id": "yor", "folder": "yor"},
-                                                                              {"id": "kha", "folder": "kha"}]})
-    assert models_of_run(str(run)) == {"demo/yor": str(lora_dir / "yor"), "demo/kha": str(lora_dir / "kha")}
-    # evaluation (bootembed eval --model RUN) takes the merged folders instead
-    assert models_of_run(str(run), adapters=False) == {f"demo-lora-{x}": str(run / "train" / "models" / f"lora-{x}")
-                                                       for x in ("kha", "yor")}
