@@ -72,21 +72,28 @@ def wait_for(ready, proc: subprocess.Popen, what: str, timeout_s: float = 120) -
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """A one-node Ray cluster on loopback (`ray start --head`) with its job server.
 
     One node: Ray 2.60 binds loopback only in single-node mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); a second
     `ray start --address` node insists on the machine's network address, which tests here must not use.
     """
+    import shutil
+    import tempfile
+
     gcs, dashboard = free_port(), free_port()
     address = f"http://127.0.0.1:{dashboard}"
+    # A short temp dir: Ray puts Unix sockets under it (session_<date>_<pid>/sockets/dash_MetricsHead), and a path over
+    # 107 bytes makes the dashboard fail to start; pytest's tmp paths (popen-gw0/ under xdist) are too long.
+    temp = Path(tempfile.mkdtemp(prefix="rayjobs-", dir="/tmp"))
     head = ray_start("--head", f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-                     "--include-dashboard=true", temp=tmp_path_factory.mktemp("ray"))
+                     "--include-dashboard=true", temp=temp)
     try:
         wait_for(lambda: reachable(address), head, "ray start --head")
         yield address
     finally:
         stop(head)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def reachable(address: str) -> bool:
