@@ -111,6 +111,17 @@ def test_lora_run_writes_adapters_registry_and_merged_models_that_agree(ray_loca
     assert Path(base_dir).resolve() == (lora_dir / "base").resolve() and sorted(adapters) == ["kha", "yor"]
 
 
+def test_the_same_seed_trains_the_same_adapters(ray_local, make_config, tiny_encoder, triplets, tmp_path):
+    """The adapters' random init is seeded: before, each run drew its own and trained other weights."""
+    cfg = lora_config(make_config, tiny_encoder)
+    cfg.train.epochs = 1
+    weights = []
+    for run in ("a", "b"):
+        train.run(cfg, {"triplets": triplets}, str(tmp_path / run))
+        weights.append({a: (tmp_path / run / "lora" / a / "adapter_model.safetensors").read_bytes() for a in ("kha", "yor")})
+    assert weights[0] == weights[1]
+
+
 def test_keep_full_finetune_trains_both(ray_local, make_config, tiny_encoder, triplets, tmp_path):
     cfg = lora_config(make_config, tiny_encoder, per="language_strategy", keep_full_finetune=True)
     cfg.synthesis.strategies = ["icl"]
