@@ -100,6 +100,17 @@ def without_lora(cfg):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"lora": None})})
 
 
+def with_adapter_rate(cfg):
+    """`cfg` with train.lr set to train.lora.learning_rate: the rate the adapters train with (and their model cards
+    state); train.lr stays the full fine-tunes'."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": cfg.train.lora.learning_rate})})
+
+
+def folder_bytes(folder: str) -> int:
+    """Bytes of the files in `folder` and below: an adapter's or a model's size on disk."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
 def adapter_ids(cfg, table) -> dict[str, tuple[str, str | None]]:
     """{adapter id: (language, strategy or None)} for the triplets in `table` (columns lang, strategy)."""
     langs = table.column("lang").to_pylist()
@@ -173,6 +184,7 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
     from pipeline.manifest import join
     from pipeline.manifest import file_digest
 
+    cfg = with_adapter_rate(cfg)
     lora_dir = join(out_dir, LORA_DIR)
     os.makedirs(lora_dir, exist_ok=True)
     lora = cfg.train.lora.model_dump(mode="json")
@@ -201,7 +213,8 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
                     f"{f' of strategy {strategy}' if strategy else ''} only, merged into the encoder with peft's "
                     f"merge_and_unload; the adapter itself is `train/lora/{adapter}/`.\n")
         entries.append({**meta, "folder": adapter, "merged": f"../models/{variant}"})
-        variants[variant] = {**details, "adapter": adapter, "language": lang, "strategy": strategy}
+        variants[variant] = {**details, "adapter": adapter, "language": lang, "strategy": strategy,
+                             "adapter_bytes": folder_bytes(join(lora_dir, adapter))}  # the report sets it beside the model's
     write_registry(lora_dir, {"base": BASE_DIR, "base_sha256": base_sha, "encoder": cfg.train.encoder,
                               "encoder_path": encoder_path, "adapters": entries})
     return variants
