@@ -8,7 +8,8 @@ adapter per language (or per language and strategy) and writes, under the stage'
                                the base every adapter is served on
     lora/<id>/                 peft's adapter folder (adapter_config.json, adapter_model.safetensors; a few MB) plus
                                bootembed_lora.json (language, strategy, base weights' SHA-256, data digest, steps)
-    lora/registry.json         every adapter, its base and its provenance
+    lora/registry.json         every adapter, its base and its provenance (each adapter's `metrics` are the
+                               evaluate stage's, read beside it: `adapter_evaluations`)
     models/lora-<id>/          the adapter merged into the encoder (peft's merge_and_unload): a plain
                                sentence-transformers folder, scored by the evaluate stage like any other model
 
@@ -41,6 +42,7 @@ META = "bootembed_lora.json"  # bootembed's record in each adapter folder (peft'
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGED_PREFIX = "lora-"  # merged folders: models/lora-<id>
+EVALUATIONS = "adapters.json"  # <run>/evaluate/adapters.json: each adapter's numbers, written by the evaluate stage
 # What the server applies (serve/_lora.py): plain LoRA on Linear layers. peft options beyond that would change the
 # maths, so an adapter using one is refused rather than served with other vectors than its merged model's.
 UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {},
@@ -100,6 +102,17 @@ def wrap(model, lora: EncoderLoraConfig):
 def without_lora(cfg):
     """`cfg` with train.lora unset: what the stage's full fine-tunes train with (train.lora.keep_full_finetune)."""
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"lora": None})})
+
+
+def with_adapter_rate(cfg):
+    """`cfg` with train.lr set to train.lora.learning_rate: the rate the adapters train with (and their model cards
+    state); train.lr stays the full fine-tunes'."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": cfg.train.lora.learning_rate})})
+
+
+def folder_bytes(folder: str) -> int:
+    """Bytes of the files in `folder` and below: an adapter's or a model's size on disk."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 def adapter_ids(cfg, table) -> dict[str, tuple[str, str | None]]:
@@ -175,6 +188,7 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
     from pipeline.manifest import join
     from pipeline.manifest import file_digest
 
+    cfg = with_adapter_rate(cfg)
     lora_dir = join(out_dir, LORA_DIR)
     os.makedirs(lora_dir, exist_ok=True)
     lora = cfg.train.lora
@@ -203,7 +217,8 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
                     f"{f' of strategy {strategy}' if strategy else ''} only, merged into the encoder with peft's "
                     f"merge_and_unload; the adapter itself is `train/lora/{adapter}/`.\n")
         entries.append({**meta, "folder": adapter, "merged": f"../models/{variant}"})
-        variants[variant] = {**details, "adapter": adapter, "language": lang, "strategy": strategy}
+        variants[variant] = {**details, "adapter": adapter, "language": lang, "strategy": strategy,
+                             "adapter_bytes": folder_bytes(join(lora_dir, adapter))}  # the report sets it beside the model's
     write_registry(lora_dir, {"base": BASE_DIR, "base_sha256": base_sha, "encoder": cfg.train.encoder,
                               "encoder_path": encoder_path, "adapters": entries})
     return variants
@@ -328,6 +343,56 @@ def read_adapter(folder: str) -> tuple[dict, dict[str, tuple]]:
         raise AdapterError(f"adapter {folder}: {ADAPTER_WEIGHTS} holds no lora_A / lora_B pairs")
     scale = float(config["lora_alpha"]) / float(config["r"])
     return adapter_meta(root), {m: (p["A"], p["B"], scale) for m, p in pairs.items()}
+
+
+def adapter_evaluations(run_dir: str) -> dict[str, dict]:
+    """{adapter id: its evaluation} (scores on its language, Δ vs the base and vs the full fine-tune of the same data),
+    from the evaluate stage's adapters.json; {} when evaluate has not scored the adapters the run holds now.
+
+    The numbers stay in the evaluate stage's folder, not in registry.json: a stage writes only its own folder, and a
+    train stage that ran again after evaluate (other adapters, same ids) would otherwise show the old adapters' numbers.
+    adapters.json names the train stage it scored (its manifest's fingerprint); another one makes it stale."""
+    root = os.path.abspath(os.path.expanduser(run_dir))
+    try:
+        record = json.loads(Path(root, "evaluate", EVALUATIONS).read_text())
+        train = json.loads(Path(root, "train", "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("train_fingerprint") != train.get("fingerprint"):
+        return {}
+    return record.get("adapters") or {}
+
+
+def registry_with_evaluations(run_dir: str) -> dict:
+    """A run's adapter registry with each adapter's `metrics` filled from the evaluate stage (`adapter_evaluations`;
+    {} for an adapter it has not scored).
+
+    Raises:
+        AdapterError: the run has no readable registry."""
+    registry = read_registry(os.path.join(os.path.abspath(os.path.expanduser(run_dir)), "train", LORA_DIR))
+    evaluations = adapter_evaluations(run_dir)
+    for entry in registry["adapters"]:
+        entry["metrics"] = evaluations.get(entry["id"], {})
+    return registry
+
+
+def adapter_evaluation(folder: str, cache: dict[str, dict] | None = None) -> dict | None:
+    """The evaluation of the adapter in `folder` when it lies in a run (`<run>/train/lora/<id>`) whose evaluate stage
+    scored it, else None. `cache` ({run dir: adapter_evaluations}) reads each run's file once for many adapters."""
+    folder = os.path.abspath(os.path.expanduser(folder))
+    lora_dir = os.path.dirname(folder)
+    train_dir = os.path.dirname(lora_dir)
+    if os.path.basename(lora_dir) != LORA_DIR or os.path.basename(train_dir) != "train":
+        return None
+    run = os.path.dirname(train_dir)
+    cache = {} if cache is None else cache
+    if run not in cache:
+        cache[run] = adapter_evaluations(run)
+    try:
+        adapter_id = adapter_meta(folder).get("id")
+    except AdapterError:
+        return None
+    return cache[run].get(adapter_id)
 
 
 def run_adapters(run_dir: str) -> tuple[str, dict[str, str]] | None:

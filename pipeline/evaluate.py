@@ -10,6 +10,15 @@ Averages carry stratified bootstrap confidence intervals and differences to the 
 metrics.json (legacy retrieval under "models", every task under "tasks"), report.md, report.html (the same report in
 one self-contained file), retrieval.png and tasks.png.
 
+A run trained with train.lora shows its LoRA encoders as one model per strategy (`lora-<strategy>`: each language
+scored by its own adapter), each language's adapter beside the full fine-tune of the same data (metrics.json
+"lora_vs_full", a report section; pipeline/evaluation/lora.py), and writes adapters.json: each adapter's numbers on its
+language, keyed by adapter id. The adapter registry (train/lora/registry.json) stays as the train stage wrote
+it: a stage writes only in its own folder (a run kept at a URI uploads just that folder; the registry keeps vouching
+for its data and base digests), and numbers of a later, different evaluation never mix with an older one's there.
+`pipeline.encoder_lora.adapter_evaluations` reads adapters.json back beside the registry, and only while the train
+stage that adapters.json was computed on is the run's current one; `bootembed serve` shows them in /v1/models.
+
 This module only orchestrates: read the data, encode every text once per model, score, summarise, write. The pieces
 are in pipeline/evaluation/.
 """
@@ -22,9 +31,11 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline import encoder_lora
 from pipeline._verdict import verdict
 from pipeline.config import RunConfig
 from pipeline.evaluation import Skipped, encoding
+from pipeline.evaluation import lora as lora_pairing
 from pipeline.evaluation import metrics as scoring
 from pipeline.evaluation.plots import plot_retrieval, plot_tasks
 from pipeline.evaluation.report import data_summary, fidelity_of, nothing_scored_report, report_markdown
@@ -32,7 +43,7 @@ from pipeline.evaluation.report_html import report_html
 from pipeline.evaluation.summary import summarise_tasks
 from pipeline.evaluation.tasks import check_user_files, prepare_tasks  # noqa: F401 - check_user_files: run.py's pre-flight
 from pipeline.layout import trained_models
-from pipeline.manifest import StageOutput, join
+from pipeline.manifest import StageOutput, join, read_json
 
 REQUIRED_COLUMNS = {"lang", "unit", "text", "held_out"}
 LEGACY_KEYS = ("to_eng", "from_eng", "mrr10_to_eng", "mrr10_from_eng")  # metrics["models"][m]["average"]
@@ -65,6 +76,11 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
     texts = encoding.distinct_texts([[r["text"] for r in rows], *(task_texts(task, d) for task, data in task_data.items()
                                                                   for d in data.values())])
     results = {name: evaluate_model(path, rows, langs, cfg, task_data, texts) for name, path in models.items()}
+    train_manifest = read_json(inputs["train_manifest"]) if "train_manifest" in inputs else None
+    lora_models = {m: v for m, v in lora_pairing.lora_variants((train_manifest or {}).get("details")).items() if m in models}
+    groups = lora_pairing.composites(lora_models, cfg.synthesis.strategies, cfg.languages)
+    if lora_models:  # a train.lora run: its adapters as one encoder per strategy, each language scored by its own
+        results = lora_results(results, lora_models, groups, next(iter(models)), langs)
     metrics = {
         "languages": langs,
         "skipped": skipped,
@@ -75,6 +91,10 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
                                  task_data, task_skipped, skipped),
         "truncation": {name: r["truncation"] for name, r in results.items()},
     }
+    if lora_models:  # each language's adapter beside the full fine-tune of the same data
+        metrics["lora_vs_full"] = lora_pairing.pair_lora(
+            cfg, {m: r["items"] for m, r in results.items()}, metrics["tasks"], groups, lora_models,
+            {m: encoder_lora.folder_bytes(p) for m, p in models.items() if m in cfg.synthesis.strategies})
     scored = [task for task, r in metrics["tasks"].items() if r["average"]]
     metrics["verdict"] = verdict(metrics, fidelity_of(inputs)) if scored else None
     outputs = write_outputs(cfg, metrics, scored, inputs, out_dir)
@@ -82,7 +102,36 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
         raise NothingScored(f"evaluate scored nothing: no task had data for any of {cfg.languages}. Why, per task: "
                             f"{outputs['report']}. Give evaluation data: evaluate.parallel (your translations), "
                             "evaluate.query_docs, evaluate.sts, evaluate.dictionaries, or a language of the bundled UDHR")
+    if lora_models:
+        outputs["adapters"] = write_adapter_evaluations(metrics, groups, lora_models, train_manifest, out_dir)
     return stage_output(metrics, skipped, outputs)
+
+
+def lora_results(results: dict[str, dict], lora_models: dict[str, dict], groups: dict[str, dict[str, str]], base: str,
+                 langs: list[str]) -> dict[str, dict]:
+    """`results` with the per-adapter models (`lora-<id>`) replaced by one per strategy (lora.composites): each language
+    scored by its own adapter, by the base encoder where it has none."""
+    results = dict(results)
+    for name, own in groups.items():
+        items, skipped = lora_pairing.composite_items({m: r["items"] for m, r in results.items()},
+                                                      {m: r["skipped"] for m, r in results.items()}, own, base)
+        results[name] = {"legacy": legacy_scores(items.get("retrieval", {}), langs), "items": items, "skipped": skipped,
+                         "truncation": results[next(iter(own.values()))]["truncation"]}  # one tokenizer and length for all
+    return {m: r for m, r in results.items() if m not in lora_models}
+
+
+def write_adapter_evaluations(metrics: dict, groups: dict[str, dict[str, str]], lora_models: dict[str, dict],
+                              train_manifest: dict, out_dir: str) -> str:
+    """adapters.json: {"train_fingerprint", "config_hash", "adapters": {id: its numbers}} (lora.adapter_evaluations).
+
+    The train stage's fingerprint says which adapters these numbers are of: encoder_lora.adapter_evaluations ignores
+    the file once the train stage has run again."""
+    path = join(out_dir, encoder_lora.EVALUATIONS)
+    record = {"train_fingerprint": train_manifest.get("fingerprint"), "config_hash": metrics["config_hash"],
+              "adapters": lora_pairing.adapter_evaluations(metrics["tasks"], metrics["lora_vs_full"], groups, lora_models)}
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+    return path
 
 
 def read_eval_rows(path: str) -> list[dict]:
@@ -107,11 +156,16 @@ def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig
     "items": task -> lang -> per-item scores, "skipped": task -> lang -> why this model could not score it}."""
     emb = encoding.encode_cached(path, texts, cfg.train.prefix, cfg.evaluate.batch_size, cfg.cache_dir)
     items, skipped = score_tasks(emb, rows, langs, cfg, task_data)
-    per_lang = {lang: scoring.bitext_scores(items["retrieval"][lang]) for lang in langs}
+    return {"legacy": legacy_scores(items["retrieval"], langs), "truncation": emb.truncation(), "items": items,
+            "skipped": skipped}
+
+
+def legacy_scores(retrieval: dict[str, dict], langs: list[str]) -> dict:
+    """metrics["models"][model]: retrieval scores {per_language, average} from its per-language retrieval items."""
+    per_lang = {lang: scoring.bitext_scores(retrieval[lang]) for lang in langs}
     average = {k: float(np.mean([m[k] for m in per_lang.values()])) for k in LEGACY_KEYS} if per_lang else {}
     average["queries"] = sum(m["queries"] for m in per_lang.values())
-    return {"legacy": {"per_language": per_lang, "average": average}, "truncation": emb.truncation(),
-            "items": items, "skipped": skipped}
+    return {"per_language": per_lang, "average": average}
 
 
 def score_tasks(emb: encoding.Embeddings, rows: list[dict], langs: list[str], cfg: RunConfig, task_data: dict) -> tuple[dict, dict]:

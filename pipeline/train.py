@@ -229,7 +229,7 @@ def train_loop(config: dict) -> None:
     if cfg.lora:  # --- LoRA hook (pipeline/encoder_lora.py): only the adapters' weights train (each from one init)
         from pipeline import encoder_lora
 
-        torch.manual_seed(config["seed"])  # the adapters' random init: the same seed trains the same adapters
+        torch.manual_seed(config["seed"])  # peft draws lora_A here: the same on every rank, in every run and restart
         model = encoder_lora.wrap(model, cfg.lora)
     base = trainable_state(model)
     encoder = triplet_encoder(model, cfg.pooling)

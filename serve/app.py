@@ -2,7 +2,8 @@
 
     POST /v1/embeddings {"model": name, "input": str | [str] | [int] | [[int]], "encoding_format": "float" | "base64",
                          "dimensions": int (optional)}             -> OpenAI embeddings response
-    GET  /v1/models                                            -> the served encoders
+    GET  /v1/models                                            -> the served encoders (a LoRA adapter's entry also
+                                                                  says its language and, once evaluated, its numbers)
     GET  /healthz                                              -> always open (no API key needed)
 
 `build_app(AppArgs(...))` is the application builder, also for Ray's own tools (`serve run configs/serve.yaml`,
@@ -72,8 +73,10 @@ def sha256(text: str) -> str:
 @serve.ingress(api)
 class Api:
     # No CPU reserved: it is never left unscheduled behind the encoders on a small machine.
-    def __init__(self, encoders: dict[str, DeploymentHandle], max_inputs: int, api_key_sha256: str | None):
+    def __init__(self, encoders: dict[str, DeploymentHandle], max_inputs: int, api_key_sha256: str | None,
+                 cards: dict[str, dict] | None = None):
         self.encoders = encoders  # {model: handle of the deployment serving it} (one handle for all when multiplexed)
+        self.cards = cards or {}  # {model: fields its /v1/models entry has beyond OpenAI's} (adapter_cards)
         self.models = sorted(encoders)
         self.max_inputs = max_inputs
         self.api_key_sha256 = api_key_sha256
@@ -140,8 +143,8 @@ class Api:
         denied = self.unauthorized(request)
         if denied is not None:
             return denied
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": self.created, "owned_by": "bootembed"}
-                                           for m in self.models]}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": self.created, "owned_by": "bootembed",
+                                            **self.cards.get(m, {})} for m in self.models]}
 
     @api.get("/healthz")
     async def healthz(self):
@@ -196,7 +199,23 @@ def build_app(args: AppArgs) -> serve.Application:
                args.max_models_per_replica if base is None else args.max_adapters_per_replica, args.truncate,
                args.torch_threads, args.concurrent_batches, args.backend, args.quantize, args.export_dir, base)
         encoders.update(dict.fromkeys(paths, handle))
-    return Api.bind(encoders, args.max_inputs, sha256(api_key) if api_key else None)
+    return Api.bind(encoders, args.max_inputs, sha256(api_key) if api_key else None, adapter_cards(adapters))
+
+
+def adapter_cards(adapters: dict[str, str]) -> dict[str, dict]:
+    """{served name: {"adapter": {id, language, strategy, base_sha256[, evaluation]}}}: what /v1/models adds to each
+    LoRA adapter's entry (OpenAI clients ignore fields they do not know). `evaluation` is the adapter's numbers on its
+    language when it lies in a run whose evaluate stage scored it (pipeline/encoder_lora.adapter_evaluation)."""
+    cards, runs = {}, {}
+    for name, folder in adapters.items():
+        meta = encoder_lora.adapter_meta(folder)  # build_app has checked every adapter folder before
+        card = {"id": meta.get("id"), "language": meta.get("language"), "strategy": meta.get("strategy"),
+                "base_sha256": meta["base_sha256"]}
+        evaluation = encoder_lora.adapter_evaluation(folder, runs)
+        if evaluation:
+            card["evaluation"] = evaluation
+        cards[name] = {"adapter": card}
+    return cards
 
 
 def adapter_bases(adapters: dict[str, str], args: AppArgs) -> tuple[dict[str, list[str]], list[str]]:

@@ -10,7 +10,8 @@ from collections import Counter
 import pyarrow.parquet as pq
 
 from pipeline import fidelity as fidelity_measures
-from pipeline._verdict import fmt_p, verdict_markdown
+from pipeline._verdict import VERDICT_TASKS, fmt_p, significant, verdict_markdown
+from pipeline.evaluation.lora import FULL, LORA, shown_metrics
 from pipeline.evaluation.tasks import TASK_TITLES
 from pipeline.layout import BASELINE
 from pipeline.manifest import read_json
@@ -93,6 +94,111 @@ def task_tables(name: str, task: dict, models: list[str], languages: list[str]) 
     return lines
 
 
+def _mb(size: int | None) -> str:
+    if size is None:
+        return "-"
+    mb = size / 1e6
+    return f"{mb:.1f}" if mb >= 10 else f"{mb:.2f}"
+
+
+def _lora_delta(result: dict, cells: dict, metric: str) -> str:
+    """`+0.012 [-0.05, +0.07] p = .71`: LoRA - full on one row of a pairing's task result (`cells`: a language's
+    scores, whose LoRA entry carries its interval and p, or the average's, whose are the result's)."""
+    if cells is result["average"]:
+        ci, p = result["delta_ci"].get(LORA, {}).get(metric), result["delta_p"].get(LORA, {}).get(metric)
+    else:
+        ci, p = cells[LORA].get("delta_ci", {}).get(metric), cells[LORA].get("delta_p", {}).get(metric)
+    return f"{cells[LORA][metric] - cells[FULL][metric]:+.3f}" + _fmt_ci(ci, signed=True) + (f" {fmt_p(p)}" if p is not None else "")
+
+
+def _headline_task(pair: dict) -> str | None:
+    """The task a pairing is summed up on: the first with scores in the verdict's order (retrieval when there is UDHR)."""
+    return next((t for t in (*VERDICT_TASKS, *pair["tasks"]) if t in pair["tasks"] and pair["tasks"][t]["average"]), None)
+
+
+def lora_headline(strategy: str, pair: dict) -> str:
+    """One line per strategy: the LoRA encoders against the full fine-tune on the headline task's primary metric."""
+    task = _headline_task(pair)
+    if task is None:
+        return f"- `{strategy}`: no language was scored by both its adapter and the full fine-tune."
+    result = pair["tasks"][task]
+    metric = result["primary"]
+    avg = result["average"]
+    delta = avg[LORA][metric] - avg[FULL][metric]
+    ci = result["delta_ci"].get(LORA, {}).get(metric)
+    word = ("LoRA measurably " + ("above" if delta > 0 else "below") + " the full fine-tune") if significant(ci) else \
+        "no measurable difference"
+    p = result["delta_p"].get(LORA, {}).get(metric)
+    return (f"- `{strategy}`: LoRA {avg[LORA][metric]:.3f} vs full fine-tune {avg[FULL][metric]:.3f} ({TASK_TITLES.get(task, task)}, "
+            f"{metric}, {avg[FULL]['languages']} language(s), {avg[FULL]['n']} items): Δ {delta:+.3f}{_fmt_ci(ci, signed=True)}"
+            f"{f', {fmt_p(p)}' if p is not None else ''}: {word}.")
+
+
+def lora_tables(pairing: dict | None) -> list[str]:
+    """metrics["lora_vs_full"] (pipeline/evaluation/lora.py): per strategy, each language's LoRA encoder beside the full
+    fine-tune of the same data, the difference with its paired interval, and the adapters' size beside the model's."""
+    if not pairing:
+        return []
+    level = int(round(100 * pairing.get("confidence", 0.95)))
+    lines = ["## LoRA adapters beside the full fine-tune", "",
+             "Each language is scored by its own LoRA adapter (merged into the encoder: `models/lora-<id>`) beside the full "
+             "fine-tune of the strategy whose triplets the adapter learned from, on the same items. Δ = LoRA - full; "
+             f"brackets: {level}% paired bootstrap interval ({pairing.get('bootstrap_samples', 0)} resamples), `*` marks one "
+             "that excludes 0; p: paired permutation test. In the tables above, `lora-<strategy>` (`lora` when each adapter "
+             "learned every strategy's triplets) is these adapters as one encoder: each language scored by its own.", ""]
+    strategies = pairing["strategies"]
+    lines += [lora_headline(s, pair) for s, pair in strategies.items()]
+    lines += [f"- `{s}`: not compared: {why}." for s, why in pairing.get("skipped", {}).items()]
+    lines += [f"- `{s}`: no adapter for {', '.join(pair['without_adapter'])} (too few triplets to train one): the base "
+              f"encoder stands in for {'it' if len(pair['without_adapter']) == 1 else 'them'} in `{pair['lora']}` above, "
+              "left out here." for s, pair in strategies.items() if pair.get("without_adapter")]
+    mixed = [s for s, pair in strategies.items() if not pair["same_data"]]
+    if mixed:
+        lines.append("- The adapters learned every strategy's triplets of their language (`train.lora.per: language`), the "
+                     f"full fine-tune of {', '.join(f'`{s}`' for s in mixed)} only that strategy's: the difference mixes "
+                     "data and method. `per: language_strategy` compares like with like.")
+    lines.append("")
+    if strategies:
+        lines += ["Size on disk (the adapter's folder: peft's weights and config; the full fine-tune's: a whole "
+                  "sentence-transformers model, which one language costs without LoRA):", "",
+                  "| adapter | language | strategy | triplets | adapter MB | full fine-tune MB | adapter / full |",
+                  "|---|---|---|---|---|---|---|"]
+        for strategy, pair in strategies.items():
+            for lang, a in pair["adapters"].items():
+                share = f"{a['bytes'] / pair['full_bytes']:.1%}" if a.get("bytes") and pair.get("full_bytes") else "-"
+                lines.append(f"| {a['adapter']} | {lang} | {strategy} | {a.get('triplets') if a.get('triplets') is not None else '-'} "
+                             f"| {_mb(a.get('bytes'))} | {_mb(pair.get('full_bytes'))} | {share} |")
+        lines.append("")
+    others = []
+    for strategy, pair in strategies.items():
+        shown_task = _headline_task(pair)
+        for task, result in pair["tasks"].items():
+            metrics = shown_metrics(task, result["metrics"])
+            if task != shown_task:
+                others += [(strategy, task, m, result) for m in metrics]
+                continue
+            head = ["language", "adapter", *[f"{who} {m}" for m in metrics for who in ("full", "LoRA", "Δ")], "n"]
+            lines += [f"### `{strategy}`: {TASK_TITLES.get(task, task)}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            rows = [(lang, pair["adapters"][lang]["adapter"], result["per_language"][lang]) for lang in result["per_language"]]
+            if result["average"]:
+                rows.append((f"average ({result['average'][FULL]['languages']} languages)", "", result["average"]))
+            for label, adapter, cells in rows:
+                row = [label, adapter]
+                for m in metrics:
+                    row += [f"{cells[FULL][m]:.3f}", f"{cells[LORA][m]:.3f}", _lora_delta(result, cells, m)]
+                lines.append("| " + " | ".join([*row, str(cells[FULL]["n"])]) + " |")
+            lines.append("")
+    if others:
+        lines += ["### Other tasks, average over languages", "",
+                  "| strategy | task | metric | full | LoRA | Δ | languages | n |", "|---|---|---|---|---|---|---|---|"]
+        for strategy, task, m, result in others:
+            avg = result["average"]
+            lines.append(f"| {strategy} | {TASK_TITLES.get(task, task)} | {m} | {avg[FULL][m]:.3f} | {avg[LORA][m]:.3f} | "
+                         f"{_lora_delta(result, avg, m)} | {avg[FULL]['languages']} | {avg[FULL]['n']} |")
+        lines.append("")
+    return lines
+
+
 def fidelity_tables(fidelity: dict | None) -> list[str]:
     """Triplet fidelity per strategy and language (pipeline/fidelity.py), before training."""
     if not fidelity:
@@ -162,6 +268,7 @@ def report_markdown(metrics: dict, summary: dict, plots: bool = True) -> str:
             lines += retrieval_plot
     if len(task_results) > 1 and plots:
         lines += ["![tasks](tasks.png)", ""]
+    lines += lora_tables(metrics.get("lora_vs_full"))
     lines += fidelity_tables(summary.get("fidelity"))
     lines += length_lines(metrics, summary)
     strategies = summary.get("strategies", [])

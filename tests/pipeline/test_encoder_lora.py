@@ -37,7 +37,7 @@ def lora_config(make_config, encoder, **lora):
     return make_config(
         synthesis={"strategies": ["icl", "parallel"]},
         train={"encoder": encoder, "batch_size": 8, "epochs": 3, "lr": 3e-2, "cpus_per_worker": 0.5, "max_length": 16,
-               "human_nli_baseline": False, "lora": {"rank": 4, "alpha": 8, **lora}})
+               "human_nli_baseline": False, "lora": {"rank": 4, "alpha": 8, "learning_rate": 3e-2, **lora}})
 
 
 def peft_vectors(base_st: str, adapter: str, texts: list[str]) -> np.ndarray:
@@ -53,6 +53,7 @@ def test_config_lora_is_off_by_default_and_checked(make_config, tiny_encoder):
     assert make_config(train={"encoder": tiny_encoder}).train.lora is None
     cfg = make_config(train={"lora": {"rank": 4}})
     assert (cfg.train.lora.rank, cfg.train.lora.per, cfg.train.lora.target_modules) == (4, "language", "all-linear")
+    assert cfg.train.lora.learning_rate == 2e-3 and cfg.train.lr == 5e-5  # LoRA's own rate, measured on the demo
     with pytest.raises(ConfigError, match=r"train\.lora\.per"):
         make_config(train={"lora": {"per": "strategy"}})
     with pytest.raises(ConfigError, match=r"train\.lora\.rank"):
@@ -123,11 +124,16 @@ def test_the_same_seed_trains_the_same_adapters(ray_local, make_config, tiny_enc
 
 
 def test_keep_full_finetune_trains_both(ray_local, make_config, tiny_encoder, triplets, tmp_path):
-    cfg = lora_config(make_config, tiny_encoder, per="language_strategy", keep_full_finetune=True)
+    cfg = lora_config(make_config, tiny_encoder, per="language_strategy", keep_full_finetune=True, learning_rate=2e-2)
     cfg.synthesis.strategies = ["icl"]
     result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
     assert sorted(result.details["variants"]) == ["icl", "lora-kha-icl", "lora-yor-icl"]
     assert all((tmp_path / "train" / "models" / v / "modules.json").is_file() for v in result.details["variants"])
+    # the adapters at train.lora.learning_rate, the full fine-tune at train.lr; the report sets their sizes side by side
+    card = lambda v: (tmp_path / "train" / "models" / v / "BOOTEMBED.md").read_text()  # noqa: E731
+    assert "lr 0.02," in card("lora-kha-icl") and "lr 0.03," in card("icl")
+    adapter_bytes = result.details["variants"]["lora-kha-icl"]["adapter_bytes"]
+    assert adapter_bytes == encoder_lora.folder_bytes(str(tmp_path / "train" / "lora" / "kha-icl")) > 0
 
 
 def test_adapter_problems_name_what_is_wrong(tmp_path, tiny_encoder):

@@ -75,6 +75,9 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
     assert "| xllora | 10 | 9 | 7 | 7 | 1.500 |" in report
     assert {"metrics", "report", "plot", "tasks_plot"} <= set(result.outputs)
     assert (out / "tasks.png").stat().st_size > 5_000
+    # a run without train.lora: metrics.json keeps its keys, no LoRA section, no adapters.json
+    assert set(metrics) == {"languages", "skipped", "config_hash", "task", "models", "tasks", "truncation", "verdict"}
+    assert "LoRA" not in report and "adapters" not in result.outputs and not (out / "adapters.json").exists()
 
 
 def udhr_eval_rows(langs: list[str]) -> list[dict]:
@@ -265,3 +268,61 @@ def test_languages_without_udhr_are_scored_on_their_own_data_and_nothing_scored_
         evaluate_models(nothing, {"base": tiny_encoder}, inputs, str(out))
     report = (out / "report.md").read_text()
     assert "Evaluation scored nothing" in report and "| retrieval | nhx | no held-out UDHR text for this language |" in report
+
+
+def test_a_lora_run_pairs_each_adapter_with_its_full_fine_tune_and_records_each_adapters_numbers(make_config, tiny_encoder,
+                                                                                                 tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import encoder_lora
+    from pipeline.evaluate import run
+
+    pq.write_table(pa.Table.from_pylist(udhr_eval_rows(["eng", "yor", "kha"])), tmp_path / "eval.parquet")
+    root = tmp_path / "demo"
+    models = root / "train" / "models"
+    models.mkdir(parents=True)
+    for variant in ("parallel", "lora-yor-parallel", "lora-kha-parallel"):  # the same weights: every Δ is 0
+        (models / variant).symlink_to(tiny_encoder)
+    lora = lambda lang: {"triplets": 20, "final_loss": 1.0, "adapter": f"{lang}-parallel", "language": lang,  # noqa: E731
+                         "strategy": "parallel", "adapter_bytes": 1_000}
+    manifest = {"fingerprint": "train-1", "counts": {}, "seconds": 1.0,
+                "details": {"variants": {"parallel": {"triplets": 40, "final_loss": 1.0},
+                                         "lora-yor-parallel": lora("yor"), "lora-kha-parallel": lora("kha")}}}
+    (root / "train" / "manifest.json").write_text(json.dumps(manifest))
+    cfg = make_config(languages=["yor", "kha"], synthesis={"strategies": ["parallel"]}, train={"encoder": tiny_encoder},
+                      evaluate={"tasks": [], "bootstrap_samples": 50, "plot": False})
+    out = root / "evaluate"
+    out.mkdir()
+    result = run(cfg, {"eval": str(tmp_path / "eval.parquet"), "models": str(models),
+                       "train_manifest": str(root / "train" / "manifest.json")}, str(out))
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", "parallel", "lora-parallel"], "the adapters as one encoder, not one column each"
+    assert list(metrics["tasks"]["retrieval"]["average"]) == ["base", "parallel", "lora-parallel"]
+    pair = metrics["lora_vs_full"]["strategies"]["parallel"]
+    assert pair["same_data"] and pair["full_bytes"] == encoder_lora.folder_bytes(tiny_encoder) > 1_000
+    assert {lang: a["model"] for lang, a in pair["adapters"].items()} == {"yor": "lora-yor-parallel", "kha": "lora-kha-parallel"}
+    yor = pair["tasks"]["retrieval"]["per_language"]["yor"]
+    assert yor["lora"]["x->eng acc@1"] == yor["full"]["x->eng acc@1"] == \
+        metrics["tasks"]["retrieval"]["per_language"]["yor"]["lora-parallel"]["x->eng acc@1"]
+    assert yor["lora"]["delta_ci"]["x->eng acc@1"] == [0.0, 0.0]
+    report = (out / "report.md").read_text()
+    assert "## LoRA adapters beside the full fine-tune" in report and "no measurable difference" in report
+
+    # each adapter's numbers, read back beside the registry while the train stage they were computed on is current
+    assert result.outputs["adapters"] == str(out / "adapters.json")
+    record = json.loads((out / "adapters.json").read_text())
+    assert record["train_fingerprint"] == "train-1" and sorted(record["adapters"]) == ["kha-parallel", "yor-parallel"]
+    numbers = encoder_lora.adapter_evaluations(str(root))
+    assert numbers["yor-parallel"]["scores"]["retrieval"]["x->eng acc@1"] == yor["lora"]["x->eng acc@1"]
+    assert numbers["yor-parallel"]["vs_full"]["parallel"]["retrieval"]["x->eng acc@1"]["delta"] == 0.0
+    (root / "train" / "lora").mkdir()
+    encoder_lora.write_registry(str(root / "train" / "lora"), {"base": "base", "adapters": [
+        {"id": "yor-parallel", "folder": "yor-parallel", "metrics": {}}, {"id": "swh", "folder": "swh", "metrics": {}}]})
+    registry = encoder_lora.registry_with_evaluations(str(root))
+    assert registry["adapters"][0]["metrics"] == numbers["yor-parallel"] and registry["adapters"][1]["metrics"] == {}
+    assert json.loads((root / "train" / "lora" / "registry.json").read_text())["adapters"][0]["metrics"] == {}  # the file stays train's
+    manifest["fingerprint"] = "train-2"  # the train stage ran again: other adapters under the same ids
+    (root / "train" / "manifest.json").write_text(json.dumps(manifest))
+    assert encoder_lora.adapter_evaluations(str(root)) == {}

@@ -125,6 +125,9 @@ def test_models_lists_every_adapter_and_the_plain_model(lora):
     status, answer = http(lora, "GET", "/v1/models")
     assert status == 200
     assert sorted(m["id"] for m in answer["data"]) == sorted([*ADAPTERS, "demo/wrong", "demo/late", "plain"])
+    entries = {m["id"]: m for m in answer["data"]}
+    assert entries["demo/yor"]["adapter"]["id"] == "demo-yor" and "evaluation" not in entries["demo/yor"]["adapter"]
+    assert "adapter" not in entries["plain"]
 
 
 def test_adapters_beyond_the_replicas_lru_are_reloaded_on_use(lora, merged_vectors):
@@ -191,3 +194,27 @@ def test_bad_adapter_folders_are_refused_at_start_each_named(tmp_path, tiny_enco
     assert "r/good" not in message
     with pytest.raises(ValueError, match="backend torch, quantize none only"):
         build_app(AppArgs(models={"r/good": good}, quantize="int8"))
+
+
+def test_models_entry_of_an_evaluated_run_adapter_carries_its_numbers_while_its_train_stage_is_current(tmp_path, tiny_encoder):
+    from pipeline import encoder_lora
+    from serve.app import adapter_cards
+
+    run = tmp_path / "demo"
+    lora_dir = run / "train" / "lora"
+    shutil.copytree(tiny_encoder, lora_dir / "base")
+    folder = random_encoder_adapter(str(lora_dir / "base"), str(lora_dir / "yor"), seed=0)
+    meta = json.loads(Path(folder, encoder_lora.META).read_text()) | {"language": "yor", "strategy": None}
+    Path(folder, encoder_lora.META).write_text(json.dumps(meta))
+    loose = random_encoder_adapter(tiny_encoder, str(tmp_path / "loose"), seed=1)  # in no run
+    numbers = {"scores": {"retrieval": {"x->eng acc@1": 0.7, "eng->x acc@1": 0.6, "n": 23}}}
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "adapters.json").write_text(json.dumps({"train_fingerprint": "t1", "adapters": {"yor": numbers}}))
+    (run / "train" / "manifest.json").write_text(json.dumps({"fingerprint": "t1"}))
+
+    cards = adapter_cards({"demo/yor": folder, "loose": loose})
+    assert cards["demo/yor"] == {"adapter": {"id": "yor", "language": "yor", "strategy": None,
+                                             "base_sha256": meta["base_sha256"], "evaluation": numbers}}
+    assert cards["loose"]["adapter"]["id"] == "loose" and "evaluation" not in cards["loose"]["adapter"]
+    (run / "train" / "manifest.json").write_text(json.dumps({"fingerprint": "t2"}))  # retrained: those numbers are stale
+    assert "evaluation" not in adapter_cards({"demo/yor": folder})["demo/yor"]["adapter"]
