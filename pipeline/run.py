@@ -177,6 +177,8 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
     fs.create_dir(local, recursive=True)
     if existing:  # an outdated manifest must not vouch for outputs that are about to change
         fs.delete_file(filesystem(path)[1])
+    if force:  # a forced rerun redoes the work: no answer or checkpoint of an earlier attempt is resumed
+        discard_earlier_work(cfg, out_dir)
     if stage.uses_ray:
         start_ray(cfg)
         check_cluster_resources(cfg, stage)
@@ -194,6 +196,13 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
     log(f"[{stage.name}] done in {manifest['seconds']:.1f} s: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
     console.finished(stage.name, manifest)
     return manifest
+
+
+def discard_earlier_work(cfg: RunConfig, out_dir: str) -> None:
+    """Empty a stage's folder, and its local mirror for a run at a URI, resumable entries included."""
+    reset_dir(out_dir)
+    if is_uri(out_dir):
+        reset_dir(mirrored(cfg, out_dir))
 
 
 def local_stage_dir(cfg: RunConfig, stage: str) -> str:

@@ -98,6 +98,22 @@ def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local
     assert np.allclose(icl, parallel, atol=1e-6), "the second model starts from the base encoder, not from the first"
 
 
+def test_a_forced_rerun_trains_again_instead_of_resuming(ray_local, make_config, tiny_encoder, triplets):
+    """`bootembed train --force`: the finished Ray Train run of the same name is discarded, not resumed."""
+    from pipeline.manifest import write_json
+    from pipeline.run import manifest_path, run_stage, stage_by_name
+
+    cfg = train_config(make_config, tiny_encoder, epochs=1)
+    cfg.synthesis.strategies = ["icl"]
+    write_json(manifest_path(cfg, "filter"), {"fingerprint": "filter", "outputs": {"triplets": triplets}})
+    first = run_stage(cfg, stage_by_name("train"), log=lambda _: None)
+    assert run_stage(cfg, stage_by_name("train"), log=lambda _: None) == first, "unforced: up to date, skipped"
+
+    forced = run_stage(cfg, stage_by_name("train"), force=True, log=lambda _: None)
+    epochs = [m["details"]["variants"]["icl"]["epochs"] for m in (first, forced)]
+    assert len(epochs[1]) == 1 and epochs[1] != epochs[0], "the forced run trained its epoch anew (its own wall time)"
+
+
 def test_epoch_batches_are_the_batches_ray_data_streamed(ray_local):
     """Training used to stream the triplets through Ray Data's local shuffle; the worker now draws the same batches
     itself, so the same seed still trains the same model. Ray Data's order for a one-block dataset pins it."""
