@@ -123,6 +123,67 @@ def adapters_list(
     typer.echo(format_registry(read_registry(str(registry))))
 
 
+lora_app = typer.Typer(help="LoRA adapters on the encoder (train.lora): one per language, served on one base encoder.",
+                       no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory trained with train.lora.")]
+
+
+def run_lora_registry(run_dir: Path) -> dict:
+    from pipeline import encoder_lora
+
+    try:
+        return encoder_lora.registry_with_evaluations(str(run_dir))
+    except encoder_lora.AdapterError as err:
+        fail(f"{err}; train one with `train: {{lora: {{rank: 8}}}}` in the run config")
+
+
+@lora_app.command(name="list")
+def lora_list(run_dir: RunDirArg) -> None:
+    """Show a run's encoder adapters: id, language, strategy, triplets, steps, size and, once evaluated, x->eng acc@1."""
+    from pipeline import encoder_lora
+
+    registry = run_lora_registry(run_dir)
+    lora_dir = run_dir / "train" / encoder_lora.LORA_DIR
+    typer.echo(f"base: {lora_dir / registry['base']}  ({registry['encoder']}, weights sha256 {registry['base_sha256'][:12]})")
+    typer.echo(f"{'id':14s} {'language':8s} {'strategy':10s} {'triplets':>8s} {'steps':>5s} {'MB':>6s}  evaluation")
+    for a in registry["adapters"]:
+        megabytes = encoder_lora.folder_bytes(str(lora_dir / a["folder"])) / 1e6
+        typer.echo(f"{a['id']:14s} {a['language']:8s} {a.get('strategy') or '(all)':10s} {a['triplets']:8d} "
+                   f"{a['steps']:5d} {megabytes:6.2f}  {evaluation_line(a['metrics'])}")
+
+
+def evaluation_line(metrics: dict) -> str:
+    """An adapter's headline from evaluate/adapters.json: x->eng acc@1 on its language and its Δ vs the base encoder."""
+    score = (metrics or {}).get("scores", {}).get("retrieval", {}).get("x->eng acc@1")
+    if score is None:
+        return "not evaluated (run `bootembed evaluate CONFIG`)" if not metrics else "no retrieval score"
+    delta = metrics.get("vs_base", {}).get("retrieval", {}).get("x->eng acc@1", {}).get("delta")
+    return f"x->eng acc@1 {score:.3f}" + (f" ({delta:+.3f} vs base)" if delta is not None else "")
+
+
+@lora_app.command(name="merge")
+def lora_merge(
+    run_dir: RunDirArg,
+    adapter: Annotated[str, typer.Argument(help="The adapter's id (`bootembed lora list RUN_DIR`), e.g. yor.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the merged sentence-transformers model to.")],
+) -> None:
+    """Write one adapter merged into its base encoder as a plain sentence-transformers folder (for users who want one
+    model folder: any sentence-transformers or transformers code loads it)."""
+    from pipeline import encoder_lora
+
+    folders = {a["id"]: a["folder"] for a in run_lora_registry(run_dir)["adapters"]}
+    if adapter not in folders:
+        fail(f"{run_dir}: no adapter {adapter!r}; it has {', '.join(sorted(folders)) or 'none'}")
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out}: not empty; give a new folder")
+    try:
+        encoder_lora.load_merged(str(run_dir / "train" / encoder_lora.LORA_DIR / folders[adapter])).save(str(out))
+    except encoder_lora.AdapterError as err:
+        fail(str(err))
+    typer.echo(f"Merged {adapter} into its base encoder: {out}")
+
+
 def resolve_eval_models(refs: list[str], cache_dir: str) -> dict[str, str]:
     """`NAME=REF` or `REF` -> {name: model}; REF = bundled:<name>, a run directory (every encoder it trained),
     a sentence-transformers folder, or a hub id (downloaded by sentence-transformers)."""
@@ -135,7 +196,7 @@ def resolve_eval_models(refs: list[str], cache_dir: str) -> dict[str, str]:
         if ref.startswith("bundled:"):
             found = {name or ref.split(":", 1)[1]: resolve_model(ref, cache_dir)}
         elif Path(ref).expanduser().is_dir():
-            found = models_of_run(ref, adapters=False)  # a LoRA run's merged folders: evaluation loads whole models
+            found = models_of_run(ref)  # a LoRA run's adapters too, each merged into its base when loaded
             if name:
                 found = {name if len(found) == 1 else f"{name}-{k}": v for k, v in found.items()}
         elif "/" in ref and not ref.startswith((".", "/", "~")):

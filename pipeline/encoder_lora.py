@@ -10,8 +10,11 @@ adapter per language (or per language and strategy) and writes, under the stage'
                                bootembed_lora.json (language, strategy, base weights' SHA-256, data digest, steps)
     lora/registry.json         every adapter, its base and its provenance (each adapter's `metrics` are the
                                evaluate stage's, read beside it: `adapter_evaluations`)
-    models/lora-<id>/          the adapter merged into the encoder (peft's merge_and_unload): a plain
-                               sentence-transformers folder, scored by the evaluate stage like any other model
+    models/lora-<id>/          only with train.lora.export_merged: the adapter merged into the encoder (peft's
+                               merge_and_unload), a plain sentence-transformers folder of the encoder's full size
+                               (487 MB for e5-small, against 2.7 MB for the adapter). Without it the evaluate stage
+                               merges each adapter in memory (`load_merged`) and `bootembed lora merge` writes one
+                               on demand: a thousand languages take a thousand adapters on disk, not 487 GB.
 
 `<id>` is the language (`yor`), or `<lang>-<strategy>` with `per: language_strategy`.
 
@@ -182,7 +185,8 @@ def save_adapter(encoder_path: str, trained: dict, lora: EncoderLoraConfig, fold
 def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[str, tuple[str, str | None]],
                    out_dir: str, max_length: int, train_encoders: Callable, export: Callable) -> dict[str, dict]:
     """Train one adapter per set (all in one Ray Train run, through the stage's `train_encoders`), save it, export it merged
-    (through the stage's `export`), export the serving base once, and write the registry. Returns {variant: details}."""
+    (through the stage's `export`) if train.lora.export_merged, export the serving base once, and write the registry.
+    Returns {variant: details}."""
     import pyarrow.parquet as pq
 
     from pipeline.manifest import join
@@ -210,13 +214,14 @@ def train_adapters(cfg, encoder_path: str, sets: dict[str, str], labels: dict[st
                 "triplets": details["triplets"], "steps": details["steps"], "final_loss": details["final_loss"],
                 "lora": lora.model_dump(mode="json"), "metrics": {}}  # provenance: the settings as JSON
         merged = save_adapter(encoder_path, state, lora, join(lora_dir, adapter), meta)
-        export(encoder_path, merged, cfg, join(out_dir, "models", variant), {**details, "variant": variant}, max_length)
-        with open(join(out_dir, "models", variant, "BOOTEMBED.md"), "a") as f:
-            f.write(f"\nThis folder is a LoRA adapter (rank {lora.rank}, alpha {lora.alpha}, on "
-                    f"{lora.target_modules}) trained on the {lang} triplets"
-                    f"{f' of strategy {strategy}' if strategy else ''} only, merged into the encoder with peft's "
-                    f"merge_and_unload; the adapter itself is `train/lora/{adapter}/`.\n")
-        entries.append({**meta, "folder": adapter, "merged": f"../models/{variant}"})
+        if lora.export_merged:
+            export(encoder_path, merged, cfg, join(out_dir, "models", variant), {**details, "variant": variant}, max_length)
+            with open(join(out_dir, "models", variant, "BOOTEMBED.md"), "a") as f:
+                f.write(f"\nThis folder is a LoRA adapter (rank {lora.rank}, alpha {lora.alpha}, on "
+                        f"{lora.target_modules}) trained on the {lang} triplets"
+                        f"{f' of strategy {strategy}' if strategy else ''} only, merged into the encoder with peft's "
+                        f"merge_and_unload; the adapter itself is `train/lora/{adapter}/`.\n")
+        entries.append({**meta, "folder": adapter, "merged": f"../models/{variant}" if lora.export_merged else None})
         variants[variant] = {**details, "adapter": adapter, "language": lang, "strategy": strategy,
                              "adapter_bytes": folder_bytes(join(lora_dir, adapter))}  # the report sets it beside the model's
     write_registry(lora_dir, {"base": BASE_DIR, "base_sha256": base_sha, "encoder": cfg.train.encoder,
@@ -395,9 +400,35 @@ def adapter_evaluation(folder: str, cache: dict[str, dict] | None = None) -> dic
     return cache[run].get(adapter_id)
 
 
+def load_merged(folder: str):
+    """The adapter in `folder` merged into its base encoder (META's `base`) by peft's merge_and_unload: a
+    sentence-transformers model on the CPU computing what the merged export (models/lora-<id>) computes, built in
+    memory instead of read from a full-size folder.
+
+    Raises:
+        AdapterError: the adapter cannot be read, or its base folder holds other weights than it was trained on."""
+    from peft import PeftModel
+    from sentence_transformers import SentenceTransformer
+
+    problem = adapter_problem(folder)
+    if problem:
+        raise AdapterError(f"adapter {folder}: {problem}")
+    base = adapter_base(folder)
+    model = SentenceTransformer(base, device="cpu")
+    if weights_sha256(model[0].auto_model) != adapter_meta(folder)["base_sha256"]:
+        raise AdapterError(f"adapter {folder}: its base {base} holds other weights than the adapter was trained on "
+                           "(base_sha256 in its bootembed_lora.json)")
+    model[0].auto_model = PeftModel.from_pretrained(model[0].auto_model, folder).merge_and_unload()
+    return model
+
+
 def run_adapters(run_dir: str) -> tuple[str, dict[str, str]] | None:
     """(base folder, {adapter id: folder}) of a run trained with train.lora, or None when it has no registry."""
-    lora_dir = os.path.join(os.path.abspath(os.path.expanduser(run_dir)), "train", LORA_DIR)
+    return folder_adapters(os.path.join(os.path.abspath(os.path.expanduser(run_dir)), "train", LORA_DIR))
+
+
+def folder_adapters(lora_dir: str) -> tuple[str, dict[str, str]] | None:
+    """(base folder, {adapter id: folder}) of the train stage's lora folder, or None when it has no registry."""
     if not os.path.isfile(os.path.join(lora_dir, REGISTRY)):
         return None
     registry = read_registry(lora_dir)

@@ -42,7 +42,7 @@ from pipeline.evaluation.report import data_summary, fidelity_of, nothing_scored
 from pipeline.evaluation.report_html import report_html
 from pipeline.evaluation.summary import summarise_tasks
 from pipeline.evaluation.tasks import check_user_files, prepare_tasks  # noqa: F401 - check_user_files: run.py's pre-flight
-from pipeline.layout import trained_models
+from pipeline.layout import lora_encoders, trained_models
 from pipeline.manifest import StageOutput, join, read_json
 
 REQUIRED_COLUMNS = {"lang", "unit", "text", "held_out"}
@@ -56,7 +56,8 @@ class NothingScored(ValueError):
 def run(cfg: RunConfig, inputs: dict[str, str], out_dir: str) -> StageOutput:
     from pipeline.models import resolve_model
 
-    models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), **trained_models(inputs["models"], cfg.synthesis.strategies)}
+    models = {"base": resolve_model(cfg.train.encoder, cfg.cache_dir), **trained_models(inputs["models"], cfg.synthesis.strategies),
+              **lora_encoders(inputs.get("lora"), inputs["models"])}
     return evaluate_models(cfg, models, inputs, out_dir)
 
 

@@ -6,6 +6,8 @@ Shared by the stages, the CLI and the server, so that none of them reads another
     <run_dir>/<stage>/manifest.json     every stage
     <run_dir>/train/models/<variant>/   one sentence-transformers folder per trained variant: a synthesis strategy,
                                         or the non-synthetic baseline BASELINE
+    <run_dir>/train/lora/<id>/          a LoRA adapter on the encoder (train.lora; pipeline/encoder_lora.py), evaluated
+                                        as the variant lora-<id>
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def trained_models(models_folder: str, strategies: list[str]) -> dict[str, str]:
     return {name: found[name] for name in sorted(found, key=lambda n: order.index(n) if n in order else len(order))}
 
 
+def lora_encoders(lora_folder: str | None, models_folder: str) -> dict[str, str]:
+    """{lora-<id>: adapter folder} of the LoRA adapters in `lora_folder` (a run's train/lora; None: the run has none)
+    that have no merged copy in `models_folder` (train.lora.export_merged off): the evaluate stage merges them in
+    memory."""
+    lora = encoder_lora.folder_adapters(lora_folder) if lora_folder else None
+    adapters = {f"{encoder_lora.MERGED_PREFIX}{a}": folder for a, folder in (lora[1] if lora else {}).items()}
+    return {name: adapters[name] for name in sorted(adapters) if not is_model_folder(os.path.join(models_folder, name))}
+
+
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`, as the hub writes ids
 
 
@@ -52,27 +63,27 @@ def is_hub_model(source: str) -> bool:
     return bool(HUB_ID.fullmatch(source)) and not os.path.exists(os.path.expanduser(source))
 
 
-def models_of_run(run_dir: str, adapters: bool = True) -> dict[str, str]:
+def models_of_run(run_dir: str) -> dict[str, str]:
     """{name: folder} of the encoders a run trained, or of one sentence-transformers folder; {id: id} for a hub id.
 
     One synthesis strategy: the encoder is named after the run directory. Several: `<run>-<strategy>` each.
     The non-synthetic baseline is a yardstick, not a product, and is not served. A source that is no local path but
     is written like a hub model id (`org/name`) is served under that id; build_app checks that the hub has it.
 
-    A run trained with train.lora: each adapter as `<run>/<id>` (`<run>/yor`; served on the run's base encoder), in
-    place of its merged copy (models/lora-<id>), unless `adapters` is false (evaluation wants the merged folders).
-    An adapter folder by itself is served under its folder's name.
+    A run trained with train.lora: each adapter as `<run>/<id>` (`<run>/yor`; served on the run's base encoder,
+    evaluated merged into it), never its merged copy (models/lora-<id>, train.lora.export_merged). An adapter folder by
+    itself is served under its folder's name.
     """
     root = os.path.abspath(os.path.expanduser(run_dir))
     name = os.path.basename(root)
-    if os.path.isfile(os.path.join(root, "modules.json")) or (adapters and encoder_lora.is_adapter_folder(root)):
+    if os.path.isfile(os.path.join(root, "modules.json")) or encoder_lora.is_adapter_folder(root):
         return {name: root}
     if is_hub_model(run_dir):
         return {run_dir: run_dir}
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{run_dir}: no such directory (expected a run directory, a sentence-transformers "
                                 "folder or a hub model id)")
-    lora = encoder_lora.run_adapters(root) if adapters else None
+    lora = encoder_lora.run_adapters(root)
     served_lora = {f"{name}/{adapter}": folder for adapter, folder in (lora[1] if lora else {}).items()}
     trained_dir = models_dir(root)
     trained = sorted(v for v in (os.listdir(trained_dir) if os.path.isdir(trained_dir) else [])

@@ -36,6 +36,7 @@ class Stage:
     sections: tuple[str, ...]  # the config sections the stage reads
     needs: dict[str, tuple[str, str]] = field(default_factory=dict)  # input name -> (stage, output name)
     uses_ray: bool = False
+    optional: tuple[str, ...] = ()  # inputs an upstream stage writes only in some runs: absent from `inputs` otherwise
     resumable: tuple[str, ...] = ()  # entries of its folder the stage resumes from itself: kept when it reruns
     # Reads what the stage will read from the user's own files, before the first stage of a run starts: a malformed
     # file fails the run at once rather than after hours of synthesis and training.
@@ -55,8 +56,9 @@ STAGES = [
     Stage("train", train.run, ("train", "seed", "languages", "synthesis.strategies"), {"triplets": ("filter", "triplets")},
           uses_ray=True, resumable=("checkpoints",)),  # Ray Train resumes a run of the same name (train.py)
     Stage("evaluate", evaluate.run, ("evaluate", "train"),
-          {"eval": ("seeds", "eval"), "models": ("train", "models"), "triplets": ("filter", "triplets"),
-           "fidelity": ("filter", "fidelity")}, preflight=evaluate.check_user_files),
+          {"eval": ("seeds", "eval"), "models": ("train", "models"), "lora": ("train", "lora"),
+           "triplets": ("filter", "triplets"), "fidelity": ("filter", "fidelity")},
+          preflight=evaluate.check_user_files, optional=("lora",)),  # LoRA adapters: only a train.lora run has them
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -170,7 +172,8 @@ def run_stage(cfg: RunConfig, stage: Stage, force: bool = False, log: Callable[[
         console.skipped(stage.name, existing)
         return existing
 
-    inputs = {name: output_path(cfg, upstream[s], out) for name, (s, out) in stage.needs.items()}
+    inputs = {name: output_path(cfg, upstream[s], out) for name, (s, out) in stage.needs.items()
+              if name not in stage.optional or out in upstream[s]["outputs"]}
     inputs.update({f"{s}_manifest": manifest_path(cfg, s) for s in STAGE_NAMES[: STAGE_NAMES.index(stage.name)]})
     out_dir = join(run_root(cfg), stage.name)
     fs, local = filesystem(out_dir)

@@ -60,9 +60,13 @@ def distinct_texts(groups: Iterable[Iterable[str]]) -> list[str]:
 
 
 def load_model(path: str):
-    """A sentence-transformers model on the CPU, for inference."""
+    """A sentence-transformers model on the CPU, for inference; a LoRA adapter folder is merged into its base first."""
     from sentence_transformers import SentenceTransformer
 
+    from pipeline import encoder_lora
+
+    if encoder_lora.is_adapter_folder(path):
+        return encoder_lora.load_merged(path)
     return SentenceTransformer(path, device="cpu")
 
 

@@ -1,7 +1,8 @@
 """LoRA encoders in the report: one column per strategy, and each language's adapter beside the full fine-tune.
 
-With `train.lora` the train stage exports each adapter merged into the encoder (`models/lora-<id>`, one per language,
-or per language and strategy) and records in its manifest what each learned from (`details.variants["lora-<id>"]`:
+With `train.lora` the train stage writes one adapter per language, or per language and strategy (`train/lora/<id>`,
+evaluated as the model `lora-<id>`: merged into its base in memory, or read from `models/lora-<id>` when
+`train.lora.export_merged` wrote that) and records in its manifest what each learned from (`details.variants["lora-<id>"]`:
 adapter, language, strategy, triplets, adapter_bytes). An adapter is its language's encoder only: scored on other
 languages it says nothing anyone would serve, and with many languages one column per adapter would bury the report.
 So the evaluation shows LoRA as one encoder per strategy (`composites`): `lora-<strategy>` (with `per:
@@ -36,7 +37,7 @@ from pipeline.evaluation.summary import summarise
 from pipeline.evaluation.tasks import PRIMARY_METRIC, TASK_METRICS
 
 FULL, LORA = "full", "lora"  # the two models of each pairing's task results
-DESCRIPTION = ("Each language scored by its own LoRA adapter (merged: models/lora-<id>) beside the full fine-tune of the "
+DESCRIPTION = ("Each language scored by its own LoRA adapter (merged into the base encoder) beside the full fine-tune of the "
                "strategy whose triplets the adapter learned from, on the same items; Δ = LoRA - full, with a paired "
                "bootstrap interval and a paired permutation p.")
 NO_FULL = "no full fine-tune of this strategy to compare with: set train.lora.keep_full_finetune: true"

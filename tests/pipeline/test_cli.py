@@ -81,3 +81,50 @@ def test_eval_puts_any_models_side_by_side(tmp_path, tiny_encoder, minilm_path):
 
     result = runner.invoke(app, ["eval", str(REPO / "configs" / "demo.yaml"), "--model", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "is not a folder, a bundled:<name> model or a hub id" in result.output
+
+
+def test_lora_list_and_merge_a_runs_encoder_adapters(tmp_path, tiny_encoder):
+    """`bootembed lora list RUN` shows the adapters with their evaluation; `lora merge RUN ID OUT` writes one adapter
+    merged into its base: the vectors peft's own merge gives."""
+    import json
+    import shutil
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline import encoder_lora
+    from tests.conftest import merged_encoder, random_encoder_adapter
+
+    run = tmp_path / "demo"
+    result = runner.invoke(app, ["lora", "list", str(run)])
+    assert result.exit_code == 2 and "registry.json" in result.output and "train: {lora:" in result.output
+    lora_dir = run / "train" / "lora"
+    shutil.copytree(tiny_encoder, lora_dir / "base")
+    entries = []
+    for i, lang in enumerate(("yor", "kha")):
+        random_encoder_adapter(str(lora_dir / "base"), str(lora_dir / lang), seed=i)
+        entries.append({"id": lang, "folder": lang, "language": lang, "strategy": None, "triplets": 20 + i, "steps": 3})
+    encoder_lora.write_registry(str(lora_dir), {"base": "base", "encoder": "tiny", "adapters": entries,
+                                                "base_sha256": encoder_lora.encoder_sha256(str(lora_dir / "base"))})
+    (run / "train" / "manifest.json").write_text(json.dumps({"fingerprint": "t1"}))
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "adapters.json").write_text(json.dumps({"train_fingerprint": "t1", "adapters": {"yor": {
+        "scores": {"retrieval": {"x->eng acc@1": 0.5, "n": 20}},
+        "vs_base": {"retrieval": {"x->eng acc@1": {"delta": 0.25, "ci": [0.1, 0.4], "p": 0.01}}}}}}))
+
+    result = runner.invoke(app, ["lora", "list", str(run)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[2:]}
+    assert rows["yor"].split()[:5] == ["yor", "yor", "(all)", "20", "3"] and "x->eng acc@1 0.500 (+0.250 vs base)" in rows["yor"]
+    assert "not evaluated" in rows["kha"]
+
+    result = runner.invoke(app, ["lora", "merge", str(run), "swh", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no adapter 'swh'; it has kha, yor" in result.output
+    result = runner.invoke(app, ["lora", "merge", str(run), "kha", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    texts = ["the river is near", "Ẹ kú àárọ̀"]
+    expected = SentenceTransformer(merged_encoder(str(lora_dir / "base"), str(lora_dir / "kha"), str(tmp_path / "peft")),
+                                   device="cpu").encode(texts)
+    assert np.allclose(SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(texts), expected, atol=1e-5)
+    result = runner.invoke(app, ["lora", "merge", str(run), "yor", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "not empty" in result.output

@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline import encoder_lora, train
 from pipeline.config import ConfigError
+from pipeline.layout import lora_encoders
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -72,7 +73,7 @@ def test_sets_per_language_or_per_language_and_strategy(make_config, tiny_encode
 
 def test_lora_run_writes_adapters_registry_and_merged_models_that_agree(ray_local, make_config, tiny_encoder, triplets,
                                                                         tmp_path):
-    cfg = lora_config(make_config, tiny_encoder)
+    cfg = lora_config(make_config, tiny_encoder, export_merged=True)
     out = tmp_path / "train"
     result = train.run(cfg, {"triplets": triplets}, str(out))
 
@@ -102,6 +103,9 @@ def test_lora_run_writes_adapters_registry_and_merged_models_that_agree(ray_loca
         assert np.min(np.sum(merged * unmerged, axis=1)) >= 0.9999
         assert np.min(np.sum(merged * base, axis=1)) < 0.99, "training changed nothing: the check above proves nothing"
         vectors[adapter] = merged
+        # what the evaluate stage and `bootembed lora merge` build in memory when no merged folder was exported
+        in_memory = encoder_lora.load_merged(str(folder)).encode(TEXTS, normalize_embeddings=True)
+        assert np.min(np.sum(merged * in_memory, axis=1)) >= 0.9999
         assert "LoRA adapter (rank 4" in (out / "models" / f"lora-{adapter}" / "BOOTEMBED.md").read_text()
     assert np.min(np.sum(vectors["yor"] * vectors["kha"], axis=1)) < 0.9999  # each language its own adapter
 
@@ -110,6 +114,7 @@ def test_lora_run_writes_adapters_registry_and_merged_models_that_agree(ray_loca
     os.symlink(out, tmp_path / "run" / "train")
     base_dir, adapters = encoder_lora.run_adapters(str(tmp_path / "run"))
     assert Path(base_dir).resolve() == (lora_dir / "base").resolve() and sorted(adapters) == ["kha", "yor"]
+    assert lora_encoders(str(lora_dir), str(out / "models")) == {}, "merged folders exported: evaluated as they are"
 
 
 def test_the_same_seed_trains_the_same_adapters(ray_local, make_config, tiny_encoder, triplets, tmp_path):
@@ -121,10 +126,15 @@ def test_the_same_seed_trains_the_same_adapters(ray_local, make_config, tiny_enc
         train.run(cfg, {"triplets": triplets}, str(tmp_path / run))
         weights.append({a: (tmp_path / run / "lora" / a / "adapter_model.safetensors").read_bytes() for a in ("kha", "yor")})
     assert weights[0] == weights[1]
+    # export_merged is off by default: adapters only (2 MB, not the encoder's size each), evaluated merged in memory
+    assert not list((tmp_path / "a" / "models").glob("lora-*"))
+    assert lora_encoders(str(tmp_path / "a" / "lora"), str(tmp_path / "a" / "models")) == {
+        "lora-kha": str(tmp_path / "a" / "lora" / "kha"), "lora-yor": str(tmp_path / "a" / "lora" / "yor")}
 
 
 def test_keep_full_finetune_trains_both(ray_local, make_config, tiny_encoder, triplets, tmp_path):
-    cfg = lora_config(make_config, tiny_encoder, per="language_strategy", keep_full_finetune=True, learning_rate=2e-2)
+    cfg = lora_config(make_config, tiny_encoder, per="language_strategy", keep_full_finetune=True, learning_rate=2e-2,
+                      export_merged=True)
     cfg.synthesis.strategies = ["icl"]
     result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
     assert sorted(result.details["variants"]) == ["icl", "lora-kha-icl", "lora-yor-icl"]

@@ -273,6 +273,8 @@ def test_languages_without_udhr_are_scored_on_their_own_data_and_nothing_scored_
 def test_a_lora_run_pairs_each_adapter_with_its_full_fine_tune_and_records_each_adapters_numbers(make_config, tiny_encoder,
                                                                                                  tmp_path):
     import pyarrow as pa
+
+    from tests.conftest import random_encoder_adapter
     import pyarrow.parquet as pq
 
     from pipeline import encoder_lora
@@ -282,8 +284,16 @@ def test_a_lora_run_pairs_each_adapter_with_its_full_fine_tune_and_records_each_
     root = tmp_path / "demo"
     models = root / "train" / "models"
     models.mkdir(parents=True)
-    for variant in ("parallel", "lora-yor-parallel", "lora-kha-parallel"):  # the same weights: every Δ is 0
-        (models / variant).symlink_to(tiny_encoder)
+    (models / "parallel").symlink_to(tiny_encoder)
+    # The adapters as the train stage leaves them without train.lora.export_merged: no merged folder, the evaluation
+    # merges each into its base. B = 0: each computes the base's vectors, the full fine-tune's too, so every Δ is 0.
+    lora_dir = root / "train" / "lora"
+    (lora_dir / "base").parent.mkdir()
+    (lora_dir / "base").symlink_to(tiny_encoder)
+    for lang in ("yor", "kha"):
+        random_encoder_adapter(str(lora_dir / "base"), str(lora_dir / f"{lang}-parallel"), seed=0, lora_b_std=0.0)
+    encoder_lora.write_registry(str(lora_dir), {"base": "base", "adapters": [
+        {"id": f"{lang}-parallel", "folder": f"{lang}-parallel", "metrics": {}} for lang in ("yor", "kha")]})
     lora = lambda lang: {"triplets": 20, "final_loss": 1.0, "adapter": f"{lang}-parallel", "language": lang,  # noqa: E731
                          "strategy": "parallel", "adapter_bytes": 1_000}
     manifest = {"fingerprint": "train-1", "counts": {}, "seconds": 1.0,
@@ -294,7 +304,7 @@ def test_a_lora_run_pairs_each_adapter_with_its_full_fine_tune_and_records_each_
                       evaluate={"tasks": [], "bootstrap_samples": 50, "plot": False})
     out = root / "evaluate"
     out.mkdir()
-    result = run(cfg, {"eval": str(tmp_path / "eval.parquet"), "models": str(models),
+    result = run(cfg, {"eval": str(tmp_path / "eval.parquet"), "models": str(models), "lora": str(lora_dir),
                        "train_manifest": str(root / "train" / "manifest.json")}, str(out))
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -317,7 +327,6 @@ def test_a_lora_run_pairs_each_adapter_with_its_full_fine_tune_and_records_each_
     numbers = encoder_lora.adapter_evaluations(str(root))
     assert numbers["yor-parallel"]["scores"]["retrieval"]["x->eng acc@1"] == yor["lora"]["x->eng acc@1"]
     assert numbers["yor-parallel"]["vs_full"]["parallel"]["retrieval"]["x->eng acc@1"]["delta"] == 0.0
-    (root / "train" / "lora").mkdir()
     encoder_lora.write_registry(str(root / "train" / "lora"), {"base": "base", "adapters": [
         {"id": "yor-parallel", "folder": "yor-parallel", "metrics": {}}, {"id": "swh", "folder": "swh", "metrics": {}}]})
     registry = encoder_lora.registry_with_evaluations(str(root))

@@ -50,7 +50,5 @@ def test_a_lora_run_is_served_as_its_adapters(tmp_path, tiny_encoder):
     shutil.copytree(tiny_encoder, run / "train" / "models" / "human_nli")
     encoder_lora.write_registry(str(lora_dir), {"base": "base", "adapters": [{"id": "yor", "folder": "yor"},
                                                                               {"id": "kha", "folder": "kha"}]})
+    # served (and evaluated, merged into the base in memory) as adapters, never as their merged copies
     assert models_of_run(str(run)) == {"demo/yor": str(lora_dir / "yor"), "demo/kha": str(lora_dir / "kha")}
-    # evaluation (bootembed eval --model RUN) takes the merged folders instead
-    assert models_of_run(str(run), adapters=False) == {f"demo-lora-{x}": str(run / "train" / "models" / f"lora-{x}")
-                                                       for x in ("kha", "yor")}
