@@ -289,6 +289,8 @@ def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(total_steps * cfg.warmup_ratio)
+    # Linear warm-up and decay, kept by hand on purpose rather than transformers' get_linear_schedule_with_warmup: that
+    # one gives the first step a learning rate of 0 (step / warmup), a lost step of the 6-20 a language often gets.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
     )
