@@ -44,6 +44,7 @@ from pipeline.evaluation.summary import summarise_tasks
 from pipeline.evaluation.tasks import check_user_files, prepare_tasks  # noqa: F401 - check_user_files: run.py's pre-flight
 from pipeline.layout import lora_encoders, trained_models
 from pipeline.manifest import StageOutput, join, read_json
+from pipeline.records import PIVOT
 
 REQUIRED_COLUMNS = {"lang", "unit", "text", "held_out"}
 LEGACY_KEYS = ("to_eng", "from_eng", "mrr10_to_eng", "mrr10_from_eng")  # metrics["models"][m]["average"]
@@ -76,9 +77,13 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
     task_data, task_skipped = prepare_tasks(cfg, cfg.languages)  # these tasks need no UDHR text
     texts = encoding.distinct_texts([[r["text"] for r in rows], *(task_texts(task, d) for task, data in task_data.items()
                                                                   for d in data.values())])
-    results = {name: evaluate_model(path, rows, langs, cfg, task_data, texts) for name, path in models.items()}
     train_manifest = read_json(inputs["train_manifest"]) if "train_manifest" in inputs else None
     lora_models = {m: v for m, v in lora_pairing.lora_variants((train_manifest or {}).get("details")).items() if m in models}
+    # An adapter is scored on its own language only (the report uses nothing else of it): with a thousand languages,
+    # scoring every adapter on every language would encode a thousand times more than the report shows.
+    results = {name: evaluate_model(path, *(language_scope(lora_models[name]["language"], rows, langs, task_data)
+                                            if name in lora_models else (rows, langs, task_data, texts)), cfg)
+               for name, path in models.items()}
     groups = lora_pairing.composites(lora_models, cfg.synthesis.strategies, cfg.languages)
     if lora_models:  # a train.lora run: its adapters as one encoder per strategy, each language scored by its own
         results = lora_results(results, lora_models, groups, next(iter(models)), langs)
@@ -152,7 +157,17 @@ def task_texts(task: str, data: tuple) -> list[str]:
     return [t for part in ENCODED_PARTS[task] for t in data[part]]
 
 
-def evaluate_model(path: str, rows: list[dict], langs: list[str], cfg: RunConfig, task_data: dict, texts: list[str]) -> dict:
+def language_scope(lang: str, rows: list[dict], langs: list[str], task_data: dict) -> tuple[list[dict], list[str], dict, list[str]]:
+    """(rows, langs, task_data, texts) of one language: its UDHR units and English's (the same retrieval pool, so the
+    same scores as among all languages), its tasks' data, and the texts these encode."""
+    rows = [r for r in rows if r["lang"] in (lang, PIVOT)]
+    task_data = {task: {lang: data[lang]} for task, data in task_data.items() if lang in data}
+    texts = encoding.distinct_texts([[r["text"] for r in rows], *(task_texts(task, d) for task, data in task_data.items()
+                                                                  for d in data.values())])
+    return rows, [lang] if lang in langs else [], task_data, texts
+
+
+def evaluate_model(path: str, rows: list[dict], langs: list[str], task_data: dict, texts: list[str], cfg: RunConfig) -> dict:
     """One model on every task: {"legacy": retrieval scores {per_language, average}, "truncation",
     "items": task -> lang -> per-item scores, "skipped": task -> lang -> why this model could not score it}."""
     emb = encoding.encode_cached(path, texts, cfg.train.prefix, cfg.evaluate.batch_size, cfg.cache_dir)

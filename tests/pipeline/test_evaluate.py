@@ -301,7 +301,7 @@ def test_a_lora_run_pairs_each_adapter_with_its_full_fine_tune_and_records_each_
                                          "lora-yor-parallel": lora("yor"), "lora-kha-parallel": lora("kha")}}}
     (root / "train" / "manifest.json").write_text(json.dumps(manifest))
     cfg = make_config(languages=["yor", "kha"], synthesis={"strategies": ["parallel"]}, train={"encoder": tiny_encoder},
-                      evaluate={"tasks": [], "bootstrap_samples": 50, "plot": False})
+                      evaluate={"tasks": [], "bootstrap_samples": 50, "plot": False}, cache_dir=str(tmp_path / "cache"))
     out = root / "evaluate"
     out.mkdir()
     result = run(cfg, {"eval": str(tmp_path / "eval.parquet"), "models": str(models), "lora": str(lora_dir),
@@ -313,6 +313,12 @@ def test_a_lora_run_pairs_each_adapter_with_its_full_fine_tune_and_records_each_
     pair = metrics["lora_vs_full"]["strategies"]["parallel"]
     assert pair["same_data"] and pair["full_bytes"] == encoder_lora.folder_bytes(tiny_encoder) > 1_000
     assert {lang: a["model"] for lang, a in pair["adapters"].items()} == {"yor": "lora-yor-parallel", "kha": "lora-kha-parallel"}
+    # each adapter encoded its own language's texts and English's only (read back from its vector cache)
+    from pipeline.evaluation import encoding
+
+    digest = encoding.folder_digest(str(lora_dir / "yor-parallel"))
+    with np.load(next((tmp_path / "cache" / "vectors").glob(f"{digest}-*.npz"))) as cached:
+        assert set(cached["keys"].tolist()) == {encoding.text_key(r["text"]) for r in udhr_eval_rows(["eng", "yor"])}
     yor = pair["tasks"]["retrieval"]["per_language"]["yor"]
     assert yor["lora"]["x->eng acc@1"] == yor["full"]["x->eng acc@1"] == \
         metrics["tasks"]["retrieval"]["per_language"]["yor"]["lora-parallel"]["x->eng acc@1"]
