@@ -17,6 +17,84 @@ from pipeline.run import (
 )
 
 
+# First in its file on purpose: while it runs (the suite's longest test), the file's other tests keep this process's
+# queue full, so pytest-xdist hands the next long file to the other process instead of queueing it behind this one.
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
+    """seeds -> adapters -> synthesize (SmolLM2, all three strategies + parallel with generated negatives) -> filter ->
+    train (multilingual-e5-small, one encoder per strategy + the human_nli baseline) -> evaluate, then resume."""
+    cfg = make_config(
+        languages=["yor", "quc"],  # two languages: every code path of several, at two thirds of three's time
+        seeds={"max_per_language": 4},
+        generator={"max_new_tokens": 24, "batch_size": 12},
+        synthesis={"num_shots": 1, "strategies": ["icl", "composition", "xllora", "parallel"], "parallel_negatives": "generate"},
+        adapters={"steps": 2, "batch_size": 4},
+        filter={"language_check": False},  # 4 anchors a language: keep enough triplets for every strategy to train
+        train={"batch_size": 4, "epochs": 1},
+        # every task runs, on small samples: six encoders are evaluated twice here (the rerun below, from the vector cache)
+        evaluate={"bootstrap_samples": 100, "classification_max_test": 20, "classification_max_train": 40, "bli_max_words": 20},
+    )
+    logs = []
+    manifests = run_pipeline(cfg, log=logs.append)
+    assert list(manifests) == STAGE_NAMES
+    # xllora and task adapters per role, language adapters (the source, fra, and each target), composed ones per role
+    # and target language
+    assert manifests["adapters"]["counts"] == {"adapters": 2 + 2 + 3 + 4, "trained": 2 + 2 + 3}
+    assert manifests["seeds"]["counts"]["anchors"] == 8
+    referenced = manifests["seeds"]["counts"]["with_reference"]
+    assert referenced >= 5, "most UDHR anchors carry their English unit"
+    # parallel: one generated negative per referenced anchor, no generated positive
+    assert manifests["synthesize"]["counts"]["requests"] == 8 * 3 * 2 + referenced
+    assert manifests["synthesize"]["counts"]["rows"] == 24 + referenced
+    assert manifests["filter"]["counts"]["kept"] + manifests["filter"]["counts"]["dropped"] == 24 + referenced
+
+    out = lambda stage, name: output_path(cfg, manifests[stage], name)  # noqa: E731
+    answers = pq.read_table(out("synthesize", "answers")).to_pylist()
+    used = {(a["strategy"], a["role"], a["lang"]): a["adapter"] for a in answers}
+    assert used[("icl", "positive", "quc")] == "" and used[("xllora", "negative", "yor")] == "xllora-negative"
+    assert used[("composition", "positive", "quc")] == "composition-positive-quc"
+    fidelity = json.loads(Path(out("filter", "fidelity")).read_text())["per_strategy"]
+    assert fidelity["parallel"]["positive_nearest"] == 1.0 and fidelity["parallel"]["chrf"] == pytest.approx(100.0)
+    assert set(fidelity) == {"icl", "composition", "xllora", "parallel"}
+    # No held-out unit, in any language, reached the training data (anchors, positives, negatives alike).
+    from pipeline.corpus import load_udhr
+    from pipeline.seeds import split_sentences
+
+    held = set(manifests["seeds"]["details"]["eval_units"])
+    held_text = {piece for r in load_udhr(["yor", "kha", "quc", "eng"]).to_pylist() if r["unit"] in held
+                 for piece in [r["text"], *split_sentences(r["text"])]}
+    trained_on = pq.read_table(out("filter", "triplets")).to_pylist()
+    assert trained_on and not {r[c] for r in trained_on for c in ("anchor", "positive", "negative")} & held_text
+    metrics = json.loads(Path(out("evaluate", "metrics")).read_text())
+    assert metrics["verdict"]["task"] == "retrieval" and metrics["verdict"]["outcome"] in ("helped", "no_change", "hurt")
+    trained = manifests["train"]["details"]["variants"]
+    assert list(metrics["models"]) == ["base", *trained] and "human_nli" in trained and len(trained) >= 2
+    for model in metrics["models"].values():
+        assert set(model["per_language"]) == {"yor", "quc"}
+        assert all(0.0 <= m["to_eng"] <= 1.0 and m["queries"] > 10 for m in model["per_language"].values())
+    # The base encoder reproduces the known headroom: Yoruba well above K'iche'.
+    base = metrics["models"]["base"]["per_language"]
+    assert base["yor"]["to_eng"] > base["quc"]["to_eng"]
+    report = Path(out("evaluate", "report")).read_text()
+    assert "| yor |" in report and "base x->eng" in report and "human_nli x->eng" in report
+    assert all(f"| {s} | 8 |" in report for s in ("icl", "composition", "xllora")), "per-strategy counts in the report"
+    assert Path(out("evaluate", "plot")).stat().st_size > 10_000
+    for variant in trained:
+        assert SentenceTransformer(f"{out('train', 'models')}/{variant}", device="cpu").encode(["Ẹ kú àárọ̀"]).shape == (1, 384)
+
+    logs.clear()
+    again = run_pipeline(cfg, log=logs.append)
+    assert again == manifests and all("up to date" in line for line in logs)
+
+    logs.clear()
+    changed = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"bootstrap_samples": 50})})
+    rerun_manifests = run_pipeline(changed, log=logs.append)
+    rerun = [line.split("]")[0][1:] for line in logs if "running" in line]
+    assert rerun == ["evaluate"], "only the stage that reads the changed field reruns"
+    assert rerun_manifests["train"] == manifests["train"]
+
+
 def test_a_finished_stage_is_skipped_until_its_config_changes(make_config):
     logs = []
     cfg = make_config(seeds={"max_per_language": 5})
@@ -83,80 +161,6 @@ def test_a_bad_seed_file_fails_before_anything_is_written(make_config, tmp_path)
     with pytest.raises(ValueError, match="missing.yor.txt does not exist"):
         run_pipeline(cfg)
     assert not (Path(cfg.run_dir) / "seeds" / "manifest.json").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
-    """seeds -> adapters -> synthesize (SmolLM2, all three strategies + parallel with generated negatives) -> filter ->
-    train (multilingual-e5-small, one encoder per strategy + the human_nli baseline) -> evaluate, then resume."""
-    cfg = make_config(
-        languages=["yor", "kha", "quc"],
-        seeds={"max_per_language": 4},
-        generator={"max_new_tokens": 24, "batch_size": 12},
-        synthesis={"num_shots": 1, "strategies": ["icl", "composition", "xllora", "parallel"], "parallel_negatives": "generate"},
-        adapters={"steps": 3, "batch_size": 4},
-        filter={"language_check": False},  # 4 anchors a language: keep enough triplets for every strategy to train
-        train={"batch_size": 4, "epochs": 1},
-        # every task runs, on small samples: six encoders are evaluated twice here (the rerun below)
-        evaluate={"bootstrap_samples": 100, "classification_max_test": 50, "classification_max_train": 100, "bli_max_words": 50},
-    )
-    logs = []
-    manifests = run_pipeline(cfg, log=logs.append)
-    assert list(manifests) == STAGE_NAMES
-    assert manifests["adapters"]["counts"] == {"adapters": 2 + 2 + 4 + 6, "trained": 2 + 2 + 4}
-    assert manifests["seeds"]["counts"]["anchors"] == 12
-    referenced = manifests["seeds"]["counts"]["with_reference"]
-    assert referenced >= 6, "most UDHR anchors carry their English unit"
-    # parallel: one generated negative per referenced anchor, no generated positive
-    assert manifests["synthesize"]["counts"]["requests"] == 12 * 3 * 2 + referenced
-    assert manifests["synthesize"]["counts"]["rows"] == 36 + referenced
-    assert manifests["filter"]["counts"]["kept"] + manifests["filter"]["counts"]["dropped"] == 36 + referenced
-
-    out = lambda stage, name: output_path(cfg, manifests[stage], name)  # noqa: E731
-    answers = pq.read_table(out("synthesize", "answers")).to_pylist()
-    used = {(a["strategy"], a["role"], a["lang"]): a["adapter"] for a in answers}
-    assert used[("icl", "positive", "kha")] == "" and used[("xllora", "negative", "yor")] == "xllora-negative"
-    assert used[("composition", "positive", "quc")] == "composition-positive-quc"
-    fidelity = json.loads(Path(out("filter", "fidelity")).read_text())["per_strategy"]
-    assert fidelity["parallel"]["positive_nearest"] == 1.0 and fidelity["parallel"]["chrf"] == pytest.approx(100.0)
-    assert set(fidelity) == {"icl", "composition", "xllora", "parallel"}
-    # No held-out unit, in any language, reached the training data (anchors, positives, negatives alike).
-    from pipeline.corpus import load_udhr
-    from pipeline.seeds import split_sentences
-
-    held = set(manifests["seeds"]["details"]["eval_units"])
-    held_text = {piece for r in load_udhr(["yor", "kha", "quc", "eng"]).to_pylist() if r["unit"] in held
-                 for piece in [r["text"], *split_sentences(r["text"])]}
-    trained_on = pq.read_table(out("filter", "triplets")).to_pylist()
-    assert trained_on and not {r[c] for r in trained_on for c in ("anchor", "positive", "negative")} & held_text
-    metrics = json.loads(Path(out("evaluate", "metrics")).read_text())
-    assert metrics["verdict"]["task"] == "retrieval" and metrics["verdict"]["outcome"] in ("helped", "no_change", "hurt")
-    trained = manifests["train"]["details"]["variants"]
-    assert list(metrics["models"]) == ["base", *trained] and "human_nli" in trained and len(trained) >= 2
-    for model in metrics["models"].values():
-        assert set(model["per_language"]) == {"yor", "kha", "quc"}
-        assert all(0.0 <= m["to_eng"] <= 1.0 and m["queries"] > 10 for m in model["per_language"].values())
-    # The base encoder reproduces the known headroom: Yoruba well above K'iche'.
-    base = metrics["models"]["base"]["per_language"]
-    assert base["yor"]["to_eng"] > base["quc"]["to_eng"]
-    report = Path(out("evaluate", "report")).read_text()
-    assert "| yor |" in report and "base x->eng" in report and "human_nli x->eng" in report
-    assert all(f"| {s} | 12 |" in report for s in ("icl", "composition", "xllora")), "per-strategy counts in the report"
-    assert Path(out("evaluate", "plot")).stat().st_size > 10_000
-    for variant in trained:
-        assert SentenceTransformer(f"{out('train', 'models')}/{variant}", device="cpu").encode(["Ẹ kú àárọ̀"]).shape == (1, 384)
-
-    logs.clear()
-    again = run_pipeline(cfg, log=logs.append)
-    assert again == manifests and all("up to date" in line for line in logs)
-
-    logs.clear()
-    changed = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"bootstrap_samples": 50})})
-    rerun_manifests = run_pipeline(changed, log=logs.append)
-    rerun = [line.split("]")[0][1:] for line in logs if "running" in line]
-    assert rerun == ["evaluate"], "only the stage that reads the changed field reruns"
-    assert rerun_manifests["train"] == manifests["train"]
 
 
 @pytest.mark.slow
