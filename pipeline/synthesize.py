@@ -213,8 +213,10 @@ def generate_answers(cfg: RunConfig, requests: list[dict], model_path: str, regi
     table = pa.Table.from_pylist(requests)
     size = max(1, math.ceil(table.num_rows / max(cfg.generator.num_actors * 4, table.num_rows // (cfg.generator.batch_size * 4) or 1)))
     ds = ray.data.from_arrow([table.slice(start, size) for start in range(0, table.num_rows, size)])
-    # Writing a few strings needs little CPU; a whole one per write task could stall behind the engine.
-    generate(cfg, ds, model_path, registry).write_parquet(answers_dir, ray_remote_args={"num_cpus": 0.1})
+    # Writing a few strings needs next to no CPU, and the writes are the progress a person sees: reserving any CPU for
+    # them queued every write behind the engine's actors when these take every CPU (the demo's 2 actors on 2 cores
+    # showed 0/270 requests until the stage ended).
+    generate(cfg, ds, model_path, registry).write_parquet(answers_dir, ray_remote_args={"num_cpus": 0})
 
 
 def mined_answers(seeds: list[dict], cfg: RunConfig) -> list[dict]:
