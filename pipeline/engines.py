@@ -159,12 +159,14 @@ class HFGenerator:
 
     def __call__(self, batch: dict) -> dict:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        groups: dict[str, list[int]] = {}
+        # One generate per adapter and few-shot context: rows that differ only in their last turn share their prompt's
+        # start, whose KV cache generate() then computes once for the group.
+        groups: dict[tuple[str, str], list[int]] = {}
         for i, row in enumerate(rows):
-            groups.setdefault(str(row["adapter"] or ""), []).append(i)
+            groups.setdefault((str(row["adapter"] or ""), prompt_context(row["messages"])), []).append(i)
         raw: list[str | None] = [None] * len(rows)
         status = [""] * len(rows)
-        for adapter, members in groups.items():
+        for (adapter, _), members in groups.items():
             try:
                 context = self.use_adapter(adapter or None)
             except Exception as err:  # noqa: BLE001 - a broken adapter costs its rows, not the run
@@ -183,6 +185,11 @@ class HFGenerator:
 DECODE_CHUNK = 8
 # Below this many shared tokens, the extra forward pass for the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 8
+
+
+def prompt_context(messages: str) -> str:
+    """A request's chat (JSON) before its last turn: the system prompt and the few-shot examples."""
+    return json.dumps(json.loads(messages)[:-1], ensure_ascii=False)
 
 
 def shared_prefix_length(ids: list[list[int]]) -> int:

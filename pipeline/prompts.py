@@ -45,10 +45,14 @@ def fewshot_pool() -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def build_messages(anchor: str, role: str, row_id: str, output_language: str, num_shots: int) -> list[dict]:
-    """A few-shot chat for one anchor and role; shots are chosen by the row id, so reruns are identical."""
+def build_messages(anchor: str, role: str, shot_key: str, output_language: str, num_shots: int) -> list[dict]:
+    """A few-shot chat for one anchor and role; shots are chosen by `shot_key` and the role, so reruns are identical.
+
+    Synthesis keys the shots by language: every prompt of a language and role then differs only in its last turn, and
+    the hf engine computes the shared few-shot part once per batch (measured on the demo: 168 of 279 prompt tokens).
+    """
     instruction = ROLE_INSTRUCTIONS[role].format(language=output_language)
-    shots = random.Random(f"{row_id}/{role}").sample(fewshot_pool()[role], num_shots)
+    shots = random.Random(f"{shot_key}/{role}").sample(fewshot_pool()[role], num_shots)
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
     for shot_anchor, shot_output in shots:
         messages.append({"role": "user", "content": f"{instruction}\nSentence: {shot_anchor}"})

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline.adapter_registry import find_adapter, read_registry, registry_by_language
 from pipeline.config import RunConfig
-from pipeline.engines import OK  # the one "no problem" status of every engine and of generations rows
+from pipeline.engines import OK, prompt_context  # OK: the one "no problem" status of every engine and generations row
 from pipeline.manifest import StageOutput, join, read_json, reset_dir, write_json
 from pipeline.prompts import ROLES, build_messages, language_name, parse_answer
 
@@ -39,7 +39,8 @@ REFERENCE = "reference"  # the seeds' optional column: the anchor's human Englis
 # ---------------------------------------------------------------- requests and triplets (pure)
 
 def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> list[dict]:
-    """One generation request per (anchor, strategy, role), ordered by adapter so each engine batch uses one.
+    """One generation request per (anchor, strategy, role), ordered so that an engine batch holds one adapter and one
+    few-shot context (the chat before its last turn): the hf engine computes a batch's shared prompt start once.
 
     icl prompts carry few-shot examples; adapter strategies get the zero-shot prompt their adapters were trained on.
     The parallel strategy asks only for generated negatives, written from the anchor's English reference, and only
@@ -52,7 +53,7 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
         for strategy in cfg.synthesis.strategies:
             if strategy == "parallel":
                 if row.get(REFERENCE) and cfg.synthesis.parallel_negatives == "generate":
-                    messages = build_messages(row[REFERENCE], "negative", row["id"], "English", cfg.synthesis.num_shots)
+                    messages = build_messages(row[REFERENCE], "negative", row["lang"], "English", cfg.synthesis.num_shots)
                     requests.append({"id": row["id"], "lang": row["lang"], "strategy": strategy, "role": "negative",
                                      "adapter": "", "anchor": row["text"], "messages": json.dumps(messages, ensure_ascii=False)})
                 continue
@@ -65,10 +66,10 @@ def plan_requests(seeds: list[dict], cfg: RunConfig, registry: list[dict]) -> li
                                          "adapters registry; rerun the adapters stage (`bootembed adapters CONFIG`)")
                     adapter = found["name"]
                 shots = cfg.synthesis.num_shots if strategy == "icl" else 0
-                messages = build_messages(row["text"], role, row["id"], language, shots)
+                messages = build_messages(row["text"], role, row["lang"], language, shots)
                 requests.append({"id": row["id"], "lang": row["lang"], "strategy": strategy, "role": role, "adapter": adapter,
                                  "anchor": row["text"], "messages": json.dumps(messages, ensure_ascii=False)})
-    requests.sort(key=lambda r: (r["adapter"], len(r["anchor"])))
+    requests.sort(key=lambda r: (r["adapter"], prompt_context(r["messages"]), r["role"], len(r["anchor"])))
     return requests
 
 

@@ -77,10 +77,17 @@ ANCHORS = ["Gbogbo ènìyàn ni a bí ní òmìnira.", "Ka pyrthei.", ("Konojel 
            "A b c d e f g h i j k l m n o p."]
 
 
+OTHER_FEWSHOT = FEWSHOT[:1] + [{"role": "user", "content": "Write one English sentence that means the same.\nSentence: Ka jingshai."},
+                               {"role": "assistant", "content": "The light."}]
+
+
 def fewshot_batch(adapter: str) -> dict:
-    rows = batch([adapter] * len(ANCHORS))
-    rows["messages"] = np.array([json.dumps(FEWSHOT + [{"role": "user", "content": f"Write one English sentence.\nSentence: {a}"}])
-                                 for a in ANCHORS], dtype=object)
+    """Each anchor under two few-shot contexts, the contexts interleaved: the engine generates each context's rows
+    together, sharing that context's KV cache."""
+    chats = [context + [{"role": "user", "content": f"Write one English sentence.\nSentence: {a}"}]
+             for a in ANCHORS for context in (FEWSHOT, OTHER_FEWSHOT)]
+    rows = batch([adapter] * len(chats))
+    rows["messages"] = np.array([json.dumps(chat) for chat in chats], dtype=object)
     return rows
 
 
@@ -128,7 +135,7 @@ def test_hf_engine_answers_as_plain_generate_does_for_prompts_sharing_a_prefix(l
     rows = fewshot_batch(adapter)
     engine = HFGenerator(lively_generator, GENERATOR.model_copy(update={"max_new_tokens": 20}), two_adapters)
     out = engine(rows)
-    assert out["status"] == [OK] * len(ANCHORS)
+    assert out["status"] == [OK] * len(rows["id"])
     expected = [plain_generate(model, tokenizer, m, 20) for m in rows["messages"]]
     assert out["raw"] == expected
     assert len(set(expected)) > 1, "the prompts get different answers: the rows did not all read one row's tokens"

@@ -19,11 +19,12 @@ def test_parse_answer_keeps_the_sentence_and_names_what_it_rejects(raw, expected
     assert parse_answer(raw) == expected
 
 
-def test_prompts_are_few_shot_chats_chosen_reproducibly_per_row():
-    a = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor-1", "English", 2)
-    b = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor-1", "English", 2)
-    c = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor-2", "English", 2)
-    assert a == b and a != c
+def test_prompts_are_few_shot_chats_whose_shots_follow_the_shot_key():
+    a = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor", "English", 2)
+    b = build_messages("Ọmọnìyàn ni gbogbo ènìyàn.", "negative", "yor", "English", 2)
+    c = build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "kha", "English", 2)
+    assert a[:-1] == b[:-1], "one key, one few-shot context: only the last turn differs"
+    assert a != c and a == build_messages("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", "negative", "yor", "English", 2)
     assert [m["role"] for m in a] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert "contradicts" in a[-1]["content"] and a[-1]["content"].endswith("Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.")
     positive = build_messages("x", "positive", "yor-1", "English", 0)

@@ -68,6 +68,18 @@ def test_requests_pick_the_adapter_of_their_strategy_role_and_language(make_conf
         synthesize.plan_requests(SEEDS, make_config(synthesis={"strategies": ["composition"]}), REGISTRY)
 
 
+def test_icl_requests_of_a_language_and_role_share_their_shots_and_come_together(make_config):
+    from pipeline.engines import prompt_context
+
+    seeds = [{"id": f"{lang}-{i}", "lang": lang, "text": "x" * (i + 1)} for lang in ("yor", "kha") for i in range(3)]
+    requests = synthesize.plan_requests(seeds, make_config(synthesis={"strategies": ["icl"], "num_shots": 2}), [])
+    contexts = [prompt_context(r["messages"]) for r in requests]
+    runs = [c for i, c in enumerate(contexts) if i == 0 or c != contexts[i - 1]]
+    assert len(runs) == len(set(runs)) == 4, "one run of requests per (language, role): an engine batch shares its shots"
+    for context in set(contexts):
+        assert len({(r["lang"], r["role"]) for r, c in zip(requests, contexts) if c == context}) == 1
+
+
 def test_answers_become_one_row_per_anchor_and_strategy_and_a_lost_answer_is_named():
     answer = lambda role, raw, strategy="icl", status=OK: {"id": "a", "lang": "yor", "strategy": strategy, "role": role,  # noqa: E731
                                                           "adapter": "", "anchor": "x", "raw": raw, "status": status}
