@@ -65,24 +65,30 @@ def test_two_gloo_workers_train_and_export_a_loadable_sentence_transformer(ray_l
     assert not any("pooler" in name for name, _ in model[0].auto_model.named_parameters())
 
 
-def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local, make_config, tiny_encoder,
-                                                                      two_models_triplets, tmp_path):
+def test_a_rerun_resumes_from_the_last_checkpoint_and_a_forced_one_trains_anew(ray_local, make_config, tiny_encoder,
+                                                                                two_models_triplets, tmp_path):
     """Training is deterministic, so equal models alone would pass a rerun from scratch too: the rerun must train no
-    step of either model, i.e. save no checkpoint and keep the first run's record of each model's epochs."""
+    step of either model, i.e. save no checkpoint and keep the first run's record of each model's epochs. Then
+    `bootembed train --force`: the finished Ray Train run of the same name is discarded, not resumed."""
     import glob
     import os
 
-    def checkpoint_files() -> dict[str, int]:
-        pattern = str(tmp_path / "train" / "checkpoints" / "*" / "checkpoint_*" / "**")
-        return {p: os.stat(p).st_mtime_ns for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)}
+    from pipeline.manifest import write_json
+    from pipeline.run import manifest_path, run_stage, stage_by_name
 
     cfg = train_config(make_config, tiny_encoder, epochs=2)
     cfg.synthesis.strategies = ["icl", "parallel"]
-    first = train.run(cfg, {"triplets": two_models_triplets}, str(tmp_path / "train"))
+    out_dir = f"{cfg.run_dir}/train"  # the stage's own folder: the forced rerun below must find this work to discard
+
+    def checkpoint_files() -> dict[str, int]:
+        pattern = f"{out_dir}/checkpoints/*/checkpoint_*/**"
+        return {p: os.stat(p).st_mtime_ns for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)}
+
+    first = train.run(cfg, {"triplets": two_models_triplets}, out_dir)
     saved = checkpoint_files()
     # One Ray Train run for both models; its last checkpoint holds both models' final weights.
     assert {os.path.basename(p) for p in saved} == {"progress.json", "final-icl.pt", "final-parallel.pt"}, saved
-    again = train.run(cfg, {"triplets": two_models_triplets}, str(tmp_path / "train"))
+    again = train.run(cfg, {"triplets": two_models_triplets}, out_dir)
 
     assert checkpoint_files() == saved, "every trained epoch saves a checkpoint: the rerun saved one, so it trained"
     for variant in ("icl", "parallel"):
@@ -97,21 +103,13 @@ def test_a_rerun_with_the_same_inputs_resumes_from_the_last_checkpoint(ray_local
     parallel = SentenceTransformer(f"{first.outputs['models']}/parallel", device="cpu").encode(["a river nearby"])
     assert np.allclose(icl, parallel, atol=1e-6), "the second model starts from the base encoder, not from the first"
 
-
-def test_a_forced_rerun_trains_again_instead_of_resuming(ray_local, make_config, tiny_encoder, triplets):
-    """`bootembed train --force`: the finished Ray Train run of the same name is discarded, not resumed."""
-    from pipeline.manifest import write_json
-    from pipeline.run import manifest_path, run_stage, stage_by_name
-
-    cfg = train_config(make_config, tiny_encoder, epochs=1)
-    cfg.synthesis.strategies = ["icl"]
-    write_json(manifest_path(cfg, "filter"), {"fingerprint": "filter", "outputs": {"triplets": triplets}})
-    first = run_stage(cfg, stage_by_name("train"), log=lambda _: None)
-    assert run_stage(cfg, stage_by_name("train"), log=lambda _: None) == first, "unforced: up to date, skipped"
-
+    write_json(manifest_path(cfg, "filter"), {"fingerprint": "filter", "outputs": {"triplets": two_models_triplets}})
     forced = run_stage(cfg, stage_by_name("train"), force=True, log=lambda _: None)
-    epochs = [m["details"]["variants"]["icl"]["epochs"] for m in (first, forced)]
-    assert len(epochs[1]) == 1 and epochs[1] != epochs[0], "the forced run trained its epoch anew (its own wall time)"
+    for variant in ("icl", "parallel"):
+        epochs = forced["details"]["variants"][variant]["epochs"]
+        assert len(epochs) == 2 and epochs != first.details["variants"][variant]["epochs"], "trained anew (its own wall time)"
+    rewritten = checkpoint_files()
+    assert rewritten and not set(rewritten.items()) & set(saved.items()), "the forced run wrote its own checkpoints"
 
 
 def test_epoch_batches_are_the_batches_ray_data_streamed(ray_local):
