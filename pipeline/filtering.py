@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -17,6 +18,7 @@ from pipeline.config import FilterConfig, RunConfig
 from pipeline.langid import identify, langid_code
 from pipeline import fidelity
 from pipeline.manifest import StageOutput, join, write_json
+from pipeline.prompts import fewshot_pool
 
 TRIPLET_SCHEMA = pa.schema([(c, pa.string()) for c in ("id", "lang", "strategy", "anchor", "positive", "negative")])
 DROPPED_SCHEMA = pa.schema([(c, pa.string()) for c in ("id", "lang", "strategy", "anchor", "positive", "negative", "reason")])
@@ -51,6 +53,26 @@ def check_copies(row: dict, cfg: FilterConfig) -> str | None:
     return None
 
 
+HUMAN_STRATEGIES = {"parallel"}  # positives are human translations: not the generator's (see also FilterConfig.margin)
+
+
+@lru_cache(maxsize=1)
+def example_outputs() -> frozenset[str]:
+    """Every few-shot example's answer, normalised: the texts a generator may echo instead of answering."""
+    return frozenset(_norm(output) for pairs in fewshot_pool().values() for _, output in pairs)
+
+
+def check_example_copies(row: dict, cfg: FilterConfig) -> str | None:
+    """A small generator often answers with an example's answer (measured: SmolLM2-135M gave one Yoruba negative
+    twelve times); such a text says nothing about its anchor, and repeated across a batch it teaches the encoder that
+    different anchors mean the same. Adapters trained on the same pairs can echo them too."""
+    roles = ("negative",) if row["strategy"] in HUMAN_STRATEGIES else ("positive", "negative")
+    for role in roles:
+        if _norm(row[role]) in example_outputs():
+            return f"{role}_copies_example"
+    return None
+
+
 def make_language_check(expected_of: Callable[[dict], str]) -> Callable[[dict, FilterConfig], str | None]:
     def check_language(row: dict, cfg: FilterConfig) -> str | None:
         if not cfg.language_check:
@@ -70,7 +92,7 @@ def make_language_check(expected_of: Callable[[dict], str]) -> Callable[[dict, F
 def filter_rows(rows: list[dict], cfg: RunConfig) -> tuple[list[dict], list[dict]]:
     """(kept, dropped-with-reason); exact duplicate triplets after normalisation are dropped too."""
     expected = (lambda row: "eng") if cfg.synthesis.output_language == "eng" else (lambda row: row["lang"])
-    checks = [check_generated, check_lengths, check_copies, make_language_check(expected)]
+    checks = [check_generated, check_lengths, check_copies, check_example_copies, make_language_check(expected)]
     kept, dropped, seen = [], [], set()
     for row in rows:
         reason = next((r for check in checks if (r := check(row, cfg.filter))), None)
@@ -91,9 +113,6 @@ def margins(rows: list[dict], encoder_path: str, prefix: str) -> list[float]:
     emb = {col: model.encode([r[col] for r in rows], prompt=prefix, normalize_embeddings=True, convert_to_numpy=True)
            for col in ("anchor", "positive", "negative")}
     return ((emb["anchor"] * emb["positive"]).sum(1) - (emb["anchor"] * emb["negative"]).sum(1)).tolist()
-
-
-HUMAN_STRATEGIES = {"parallel"}  # positives are human translations: no margin filter (see FilterConfig.margin)
 
 
 def apply_margin(kept: list[dict], cfg: RunConfig) -> tuple[list[dict], list[dict]]:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,12 @@ def code_version() -> str:
 
 
 def fingerprint(stage: str, config_hash: str, upstream: list[dict]) -> str:
-    parts = [stage, config_hash, *sorted(m["fingerprint"] for m in upstream)]
+    """What a stage's outputs depend on: its config sections and the upstream stages' runs. An upstream stage that ran
+    again (forced, or after a crash) with the same config has a new `attempt`, so what was built on its earlier outputs
+    is stale: `bootembed filter --force` then retrains and re-evaluates. (Manifests written before `attempt` existed
+    count by fingerprint alone, so their runs stay up to date.)"""
+    parts = [stage, config_hash, *sorted(f"{m['fingerprint']}@{m['attempt']}" if "attempt" in m else m["fingerprint"]
+                                         for m in upstream)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -127,5 +133,6 @@ def build_manifest(stage: str, fp: str, config_hash: str, inputs: dict[str, str]
         "details": result.details,
         "seconds": round(seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "attempt": uuid.uuid4().hex[:12],  # this run of the stage: see fingerprint()
         "code_version": code_version(),
     }

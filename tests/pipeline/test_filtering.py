@@ -1,9 +1,13 @@
 from pipeline.filtering import filter_rows, langid_code
+from pipeline.prompts import fewshot_pool
 
 
 def row(i, anchor="Ẹnikẹ́ni ní ẹ̀tọ́ sí ìyè.", pos="Everyone has the right to life.", neg="Nobody has any right to live.",
         status="ok", lang="yor"):
     return {"id": str(i), "lang": lang, "strategy": "icl", "anchor": anchor, "positive": pos, "negative": neg, "status": status}
+
+
+ECHO = fewshot_pool()["negative"][0][1]  # a few-shot example's answer: what a small generator echoes
 
 
 def test_each_bad_row_is_dropped_with_its_reason_and_good_rows_kept(make_config):
@@ -17,9 +21,13 @@ def test_each_bad_row_is_dropped_with_its_reason_and_good_rows_kept(make_config)
         row(5, pos="x" * 500),
         row(6),
         row(7, pos="Toute personne a droit à la vie, à la liberté et à la sûreté de sa personne."),
+        row(8, neg=ECHO),
+        row(9, pos=ECHO.upper() + " "),
+        {**row(10, pos="Everyone may live.", neg=ECHO), "strategy": "parallel"},
+        {**row(11, pos=ECHO, neg="Nobody may live."), "strategy": "parallel"},
     ]
     kept, dropped = filter_rows(rows, cfg)
-    assert [r["id"] for r in kept] == ["0"]
+    assert [r["id"] for r in kept] == ["0", "11"], "a human positive is never the generator's echo"
     reasons = {r["id"]: r["reason"] for r in dropped}
     assert reasons == {
         "1": "generation:negative:unparseable:empty",
@@ -29,6 +37,9 @@ def test_each_bad_row_is_dropped_with_its_reason_and_good_rows_kept(make_config)
         "5": "positive_too_long",
         "6": "duplicate",
         "7": "positive_wrong_language",
+        "8": "negative_copies_example",
+        "9": "positive_copies_example",
+        "10": "negative_copies_example",
     }
 
 

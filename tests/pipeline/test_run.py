@@ -7,6 +7,7 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline.run import (
     STAGE_NAMES,
+    manifest_path,
     ClusterResourceError,
     StageInputError,
     check_cluster_resources,
@@ -106,6 +107,31 @@ def test_a_finished_stage_is_skipped_until_its_config_changes(make_config):
     assert changed["fingerprint"] != first["fingerprint"] and changed["counts"]["anchors"] == 12
     unrelated = run_pipeline(make_config(seeds={"max_per_language": 6}, train={"epochs": 3}), ["seeds"], log=logs.append)
     assert logs[-1].startswith("[seeds] up to date") and unrelated["seeds"] == changed
+
+
+def test_a_stage_that_ran_again_makes_the_stages_built_on_it_stale(make_config, tmp_path):
+    """`bootembed filter --force` (or a synthesize stage redone after a crash) writes new outputs under the same config:
+    what was built on the old ones must run again, not be skipped as up to date."""
+    import pyarrow as pa
+
+    from pipeline.manifest import write_json
+
+    generations = tmp_path / "generations.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "1", "lang": "yor", "strategy": "icl", "anchor": "Ẹ kú àárọ̀.", "status": "ok",
+                                          "positive": "Good morning to you.", "negative": "Good night to you."}]), generations)
+    cfg = make_config(filter={"margin": None, "language_check": False})
+
+    def synthesize_ran(attempt: str) -> None:
+        write_json(manifest_path(cfg, "synthesize"),
+                   {"fingerprint": "synthesize", "attempt": attempt, "outputs": {"generations": str(generations)}})
+
+    synthesize_ran("first")
+    first = run_stage(cfg, stage_by_name("filter"), log=lambda _: None)
+    logs = []
+    assert run_stage(cfg, stage_by_name("filter"), log=logs.append) == first and "up to date" in logs[-1]
+    synthesize_ran("second")
+    again = run_stage(cfg, stage_by_name("filter"), log=logs.append)
+    assert "running" in logs[-2] and again["fingerprint"] != first["fingerprint"] and again["attempt"] != first["attempt"]
 
 
 def test_a_copied_run_directory_resumes_from_its_own_files(make_config, tmp_path):
