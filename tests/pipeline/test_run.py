@@ -28,9 +28,9 @@ def test_the_whole_pipeline_on_the_bundled_real_models(ray_local, make_config):
     cfg = make_config(
         languages=["yor", "quc"],  # two languages: every code path of several, at two thirds of three's time
         seeds={"max_per_language": 4},
-        generator={"max_new_tokens": 24, "batch_size": 12},
+        generator={"max_new_tokens": 16, "batch_size": 12},
         synthesis={"num_shots": 1, "strategies": ["icl", "composition", "xllora", "parallel"], "parallel_negatives": "generate"},
-        adapters={"steps": 2, "batch_size": 4},
+        adapters={"steps": 1, "batch_size": 4},
         filter={"language_check": False},  # 4 anchors a language: keep enough triplets for every strategy to train
         train={"batch_size": 4, "epochs": 1},
         # every task runs, on small samples: six encoders are evaluated twice here (the rerun below, from the vector cache)
