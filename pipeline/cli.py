@@ -22,7 +22,8 @@ app = typer.Typer(help="Bootstrap sentence-embedding models for low-resource lan
 
 ConfigArg = Annotated[Path, typer.Argument(help="A run config YAML (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: --set train.batch_size=64 (repeatable).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if the stage's manifest is current.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if the stage's manifest is current (the stages "
+                                                         "after it then count as outdated too).")]
 
 
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's, the workers' and the libraries' logs on "

@@ -67,10 +67,11 @@ evaluate: {{tasks: [], bootstrap_samples: 0, plot: false}}
     assert "[synthesize] running ..." in log and "[train] done in" in log  # the pipeline's own messages
     assert "[synthesize] running ..." not in terminal
 
-    # -v: what goes to the log shows on the terminal too.
-    verbose = bootembed("seeds", str(config), "--force", "-v", timeout=120)
-    assert verbose.returncode == 0 and "[seeds] running ..." in verbose.stdout + verbose.stderr
-    assert list((run_dir / "logs").glob("seeds-*.log"))
+    # -v: what goes to the log shows on the terminal too. (The last stage: forcing an earlier one would make every
+    # stage after it rerun below.)
+    verbose = bootembed("evaluate", str(config), "--force", "-v", timeout=120)
+    assert verbose.returncode == 0 and "[evaluate] running ..." in verbose.stdout + verbose.stderr
+    assert list((run_dir / "logs").glob("evaluate-*.log"))
 
     # A stage that fails names itself, the reason in one sentence and the log; the traceback is in the log only.
     failed = bootembed("run", str(config), "--set", "filter.min_chars=3999", timeout=300)
