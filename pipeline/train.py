@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -269,7 +270,10 @@ class StepReport:
         self.done += 1
         if self.prints and (end_of_epoch or time.monotonic() - self.shown >= self.REPORT_EVERY_S):
             self.shown = time.monotonic()
-            print(f"[train] step {self.done}/{self.total} {text}", flush=True)
+            # Not print(): on a Ray Train worker print also goes to Train's logger (its print patch), so every line
+            # reached the run log twice.
+            sys.stdout.write(f"[train] step {self.done}/{self.total} {text}\n")
+            sys.stdout.flush()
 
 
 def train_variant(variant: dict, encoder, model, tokenizer, base: dict, resume: dict | None, progress: dict,

@@ -65,6 +65,8 @@ evaluate: {{tasks: [], bootstrap_samples: 0, plot: false}}
     assert "Started a local Ray instance" in log  # Ray's driver log
     assert re.search(r"\(\w+ pid=\d+\)", log), "the output of Ray workers and actors"
     assert "[synthesize] running ..." in log and "[train] done in" in log  # the pipeline's own messages
+    steps = re.findall(r"^.*\[train\] step \d+/\d+ .*$", log, re.M)
+    assert steps and len(steps) == len(set(steps)), "each step line of a Ray Train worker reaches the log once"
     assert "[synthesize] running ..." not in terminal
 
     # -v: what goes to the log shows on the terminal too. (The last stage: forcing an earlier one would make every
