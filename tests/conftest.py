@@ -88,11 +88,6 @@ def generator_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def gemma_path() -> str:
-    return bundled("gemma-3-270m")
-
-
-@pytest.fixture(scope="session")
 def e5_path() -> str:
     return bundled("multilingual-e5-small")
 

