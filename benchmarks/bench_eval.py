@@ -13,11 +13,16 @@ What it measures
     the same models: a changed report setting, `bootembed evaluate` again). The models come from your cache_dir,
     linked into a temporary one.
 
+    --precision bf16 adds cold runs of this tree with evaluate.precision=bf16, and a table of what bf16 changes in
+    the metrics: every model's averages of every task, bf16 minus fp32 (this tree's run), and the largest change of
+    any per-language number.
+
     The machine may be shared: the load average is printed before and after; compare the ratio, not absolute
     numbers across invocations.
 
 Run
-    python benchmarks/bench_eval.py RUN_DIR [--baseline 518e3d6] [--repeats 1] [--cache-dir DIR] [--keep DIR]
+    python benchmarks/bench_eval.py RUN_DIR [--baseline 518e3d6 | none] [--precision bf16] [--repeats 1] [--cache-dir DIR]
+                                            [--keep DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WARM = "this tree, vectors cached"
+BF16 = "this tree, bf16"
 
 
 def export_tree(ref: str, dest: Path) -> Path:
@@ -45,9 +51,10 @@ def export_tree(ref: str, dest: Path) -> Path:
     return dest
 
 
-def evaluate_once(tree: Path, source_run: Path, run_dir: Path, cache_dir: Path, cold: bool = True) -> tuple[float, float, bytes, str]:
+def evaluate_once(tree: Path, source_run: Path, run_dir: Path, cache_dir: Path, cold: bool = True,
+                  settings: tuple[str, ...] = ()) -> tuple[float, float, bytes, str]:
     """(stage seconds, wall seconds, metrics.json, report.md) of one evaluate stage run by `tree`'s code on a fresh
-    copy of source_run at run_dir; `cold`: with no vector cached."""
+    copy of source_run at run_dir; `cold`: with no vector cached; `settings`: more `--set` overrides."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     if cold:
@@ -55,7 +62,7 @@ def evaluate_once(tree: Path, source_run: Path, run_dir: Path, cache_dir: Path, 
     shutil.copytree(source_run, run_dir, ignore=shutil.ignore_patterns("evaluate", "logs"))
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "pipeline.cli", "evaluate", str(run_dir / "config.yaml"), "--set", f"run_dir={run_dir}",
-               "--set", f"cache_dir={cache_dir}", "--force"]
+               "--set", f"cache_dir={cache_dir}", *(a for setting in settings for a in ("--set", setting)), "--force"]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=tree, capture_output=True, text=True, check=False)  # failure reported below
     wall = time.perf_counter() - start
@@ -68,7 +75,8 @@ def evaluate_once(tree: Path, source_run: Path, run_dir: Path, cache_dir: Path, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="A finished run (seeds, filter and train done), e.g. the demo's.")
-    parser.add_argument("--baseline", default="518e3d6", help="Commit whose evaluate stage is the baseline.")
+    parser.add_argument("--baseline", default="518e3d6", help="Commit whose evaluate stage is the baseline ('none': no baseline).")
+    parser.add_argument("--precision", choices=["bf16"], help="Also time this tree in this precision and show what it changes.")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cache-dir", default="~/.cache/bootembed", help="Where the run's models are cached (its cache_dir).")
     parser.add_argument("--keep", type=Path, help="Keep both versions' metrics.json and report.md here.")
@@ -78,42 +86,68 @@ def main() -> None:
         raise SystemExit(f"{source}: no finished train stage (train/manifest.json); run `bootembed run CONFIG` first")
 
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
-        trees = {"baseline": export_tree(args.baseline, Path(tmp) / "baseline"), "this tree": REPO}
+        trees = {"this tree": REPO} if args.baseline == "none" else \
+            {"baseline": export_tree(args.baseline, Path(tmp) / "baseline"), "this tree": REPO}
+        variants = [(name, tree, ()) for name, tree in trees.items()] + [(WARM, REPO, ())]
+        if args.precision:
+            variants.append((BF16, REPO, (f"evaluate.precision={args.precision}",)))
         run_dir = Path(tmp) / "run"  # one path for both: metrics.json hashes the config, run_dir included
         cache_dir = Path(tmp) / "cache"
         cache_dir.mkdir()
         (cache_dir / "models").symlink_to(Path(args.cache_dir).expanduser().resolve() / "models")
         load_before = os.getloadavg()
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in [*trees, WARM]}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
         outputs: dict[str, tuple[bytes, str]] = {}
         for _ in range(args.repeats):
-            for name, tree in [*trees.items(), (WARM, REPO)]:
-                stage, wall, metrics, report = evaluate_once(tree, source, run_dir, cache_dir, cold=name != WARM)
+            for name, tree, settings in variants:
+                stage, wall, metrics, report = evaluate_once(tree, source, run_dir, cache_dir, cold=name != WARM,
+                                                             settings=settings)
                 times[name].append((stage, wall))
                 outputs[name] = (metrics, report)
                 print(f"  {name}: stage {stage:.1f} s, wall {wall:.1f} s", flush=True)
         load_after = os.getloadavg()
 
-    base_stage = statistics.median(s for s, _ in times["baseline"])
+    reference = "baseline" if "baseline" in times else "this tree"
+    base_stage = statistics.median(s for s, _ in times[reference])
     print(f"\nevaluate stage on {source} ({args.repeats} run(s) each, medians); load average before "
           f"{load_before[0]:.1f}, after {load_after[0]:.1f} on {os.cpu_count()} CPUs\n")
-    print("| version | stage s | wall s | stage time vs baseline |\n|---|---|---|---|")
+    print(f"| version | stage s | wall s | stage time vs {reference} |\n|---|---|---|---|")
     for name, runs in times.items():
         stage, wall = statistics.median(s for s, _ in runs), statistics.median(w for _, w in runs)
         label = f"{name} ({args.baseline})" if name == "baseline" else name
         print(f"| {label} | {stage:.1f} | {wall:.1f} | {base_stage / stage:.2f}x faster |")
-    for name in ("this tree", WARM):
-        same_metrics = outputs["baseline"][0] == outputs[name][0]
-        same_report = outputs["baseline"][1] == outputs[name][1]
-        print(f"\n{name} vs baseline: metrics.json identical: {same_metrics}; report.md identical: {same_report}", end="")
-    print()
+    if "baseline" in outputs:
+        for name in ("this tree", WARM):
+            same_metrics = outputs["baseline"][0] == outputs[name][0]
+            same_report = outputs["baseline"][1] == outputs[name][1]
+            print(f"\n{name} vs baseline: metrics.json identical: {same_metrics}; report.md identical: {same_report}", end="")
+        print()
+    if BF16 in outputs:
+        print_precision_changes(json.loads(outputs["this tree"][0]), json.loads(outputs[BF16][0]), args.precision)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         for name, (metrics, report) in outputs.items():
-            slug = {"baseline": "baseline", "this tree": "new", WARM: "cached"}[name]
+            slug = {"baseline": "baseline", "this tree": "new", WARM: "cached", BF16: "bf16"}[name]
             (args.keep / f"metrics.{slug}.json").write_bytes(metrics)
             (args.keep / f"report.{slug}.md").write_text(report)
         print(f"kept in {args.keep}")
+
+
+def print_precision_changes(fp32: dict, other: dict, precision: str) -> None:
+    """Per task and model: each average metric in fp32 and `precision`, the difference, and the largest difference of
+    a per-language number."""
+    print(f"\n{precision} vs fp32 (this tree), averages over languages; max |Δ| per language in the last column\n")
+    print(f"| task | model | metric | fp32 | {precision} | Δ | max per-language |Δ| |\n|---|---|---|---|---|---|---|")
+    for task, result in fp32["tasks"].items():
+        for model, average in result["average"].items():
+            for metric in result["metrics"]:
+                if metric not in average:
+                    continue
+                a, b = average[metric], other["tasks"][task]["average"][model][metric]
+                per_lang = [abs(other["tasks"][task]["per_language"][lang][model][metric] - v[model][metric])
+                            for lang, v in result["per_language"].items() if model in v]
+                worst = f"{max(per_lang):.3f}" if per_lang else "-"
+                print(f"| {task} | {model} | {metric} | {a:.3f} | {b:.3f} | {b - a:+.3f} | {worst} |")
 
 
 if __name__ == "__main__":

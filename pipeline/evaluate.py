@@ -70,6 +70,9 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)  # the stage runs alone
+    if cfg.evaluate.precision == "bf16" and not encoding.native_bf16():
+        print("[evaluate] evaluate.precision is bf16, but this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX): "
+              "encoding will be slower than in fp32", flush=True)
     rows = read_eval_rows(inputs["eval"])
     present = {r["lang"] for r in rows}
     langs = [lang for lang in cfg.languages if lang in present]
@@ -92,6 +95,7 @@ def evaluate_models(cfg: RunConfig, models: dict[str, str], inputs: dict[str, st
         "skipped": skipped,
         "config_hash": cfg.section_hash(*RunConfig.model_fields),
         "task": "bitext retrieval accuracy@1 on held-out UDHR units",
+        "precision": cfg.evaluate.precision,
         "models": {name: r["legacy"] | {"truncation": r["truncation"]} for name, r in results.items()},
         "tasks": summarise_tasks(cfg, {m: r["items"] for m, r in results.items()}, {m: r["skipped"] for m, r in results.items()},
                                  task_data, task_skipped, skipped),
@@ -170,7 +174,7 @@ def language_scope(lang: str, rows: list[dict], langs: list[str], task_data: dic
 def evaluate_model(path: str, rows: list[dict], langs: list[str], task_data: dict, texts: list[str], cfg: RunConfig) -> dict:
     """One model on every task: {"legacy": retrieval scores {per_language, average}, "truncation",
     "items": task -> lang -> per-item scores, "skipped": task -> lang -> why this model could not score it}."""
-    emb = encoding.encode_cached(path, texts, cfg.train.prefix, cfg.evaluate.batch_size, cfg.cache_dir)
+    emb = encoding.encode_cached(path, texts, cfg.train.prefix, cfg.evaluate.batch_size, cfg.cache_dir, cfg.evaluate.precision)
     items, skipped = score_tasks(emb, rows, langs, cfg, task_data)
     return {"legacy": legacy_scores(items["retrieval"], langs), "truncation": emb.truncation(), "items": items,
             "skipped": skipped}

@@ -251,13 +251,18 @@ def nothing_scored_report(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PRECISION_NOTES = {"bf16": " Encoders run in bf16 (evaluate.precision): scores may differ from fp32's by a query or two "
+                            "(measured on the demo: at most one query of 23 per language); every model alike."}
+
+
 def report_markdown(metrics: dict, summary: dict, plots: bool = True) -> str:
     """report.md; `plots` = whether retrieval.png and tasks.png are drawn beside it (links to them, or none)."""
     models = list(metrics["models"])
     task_results = metrics.get("tasks", {})
     scored_langs = list(dict.fromkeys(lang for t in task_results.values() for lang, v in t["per_language"].items()
                                       if "skipped" not in v)) or metrics["languages"]
-    lines = ["# bootembed report", "", f"Languages: {', '.join(scored_langs)}. Config hash `{metrics['config_hash']}`.", ""]
+    lines = ["# bootembed report", "", f"Languages: {', '.join(scored_langs)}. Config hash `{metrics['config_hash']}`." +
+             PRECISION_NOTES.get(metrics.get("precision", "fp32"), ""), ""]
     lines += verdict_markdown(metrics.get("verdict"))
     retrieval_plot = ["![retrieval](retrieval.png)", ""] if plots else []
     if "retrieval" not in task_results:

@@ -76,7 +76,9 @@ def test_stage_runs_every_task_with_skips_and_keeps_legacy_outputs(make_config, 
     assert {"metrics", "report", "plot", "tasks_plot"} <= set(result.outputs)
     assert (out / "tasks.png").stat().st_size > 5_000
     # a run without train.lora: metrics.json keeps its keys, no LoRA section, no adapters.json
-    assert set(metrics) == {"languages", "skipped", "config_hash", "task", "models", "tasks", "truncation", "verdict"}
+    assert set(metrics) == {"languages", "skipped", "config_hash", "task", "models", "tasks", "truncation", "verdict",
+                            "precision"}
+    assert metrics["precision"] == "fp32" and "bf16" not in report  # the default: fp32 arithmetic
     assert "LoRA" not in report and "adapters" not in result.outputs and not (out / "adapters.json").exists()
 
 

@@ -92,22 +92,28 @@ def test_answers_become_one_row_per_anchor_and_strategy_and_a_lost_answer_is_nam
 
 
 def test_stage_generates_every_strategy_with_its_adapters(ray_local, make_config, tiny_generator, tmp_path):
+    """icl, xllora and composition (the end-to-end test on the bundled models runs icl and xllora): each row generated
+    with the adapter of its strategy, role and, for composition, language."""
     from pipeline import adapters
 
     seeds_path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(SEEDS), seeds_path)
+    strategies = ("icl", "xllora", "composition")
     cfg = make_config(generator={"model": tiny_generator, "max_new_tokens": 4, "batch_size": 4},
-                      synthesis={"strategies": ["icl", "xllora"], "num_shots": 1}, adapters={"steps": 1, "batch_size": 2, "rank": 4})
+                      synthesis={"strategies": list(strategies), "num_shots": 1}, adapters={"steps": 1, "batch_size": 2, "rank": 4})
     registry = adapters.run(cfg, {"train": str(seeds_path)}, str(tmp_path / "adapters")).outputs["registry"]
     result = synthesize.run(cfg, {"train": str(seeds_path), "registry": registry}, str(tmp_path / "synth"))
 
     answers = pq.read_table(result.outputs["answers"]).to_pylist()
     assert sorted((a["id"], a["strategy"], a["role"]) for a in answers) == sorted(
-        (s["id"], strategy, role) for s in SEEDS for strategy in ("icl", "xllora") for role in ("positive", "negative"))
-    assert {a["adapter"] for a in answers if a["strategy"] == "xllora"} == {"xllora-positive", "xllora-negative"}
+        (s["id"], strategy, role) for s in SEEDS for strategy in strategies for role in ("positive", "negative"))
+    used = {(a["strategy"], a["role"], a["lang"]): a["adapter"] for a in answers}
+    assert used[("icl", "positive", "kha")] == "" and used[("xllora", "negative", "yor")] == "xllora-negative"
+    assert used[("composition", "positive", "kha")] == "composition-positive-kha"
+    assert used[("composition", "negative", "yor")] == "composition-negative-yor"
     rows = pq.read_table(result.outputs["generations"]).to_pylist()
-    assert sorted((r["id"], r["strategy"]) for r in rows) == sorted((s["id"], st) for s in SEEDS for st in ("icl", "xllora"))
-    assert result.details["per_strategy"]["xllora"]["rows"] == 2 and result.counts["requests"] == 8
+    assert sorted((r["id"], r["strategy"]) for r in rows) == sorted((s["id"], st) for s in SEEDS for st in strategies)
+    assert result.details["per_strategy"]["xllora"]["rows"] == 2 and result.counts["requests"] == 12
 
 
 REFERENCED = [

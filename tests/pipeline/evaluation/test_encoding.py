@@ -92,3 +92,18 @@ def test_encode_cached_tells_models_apart_by_their_files_and_survives_a_broken_c
     for file in (cache / "vectors").iterdir():
         file.write_bytes(b"not an npz file")
     assert np.allclose(encoding.encode_cached(tiny_encoder, texts, "", 8, str(cache)).of(texts), base, atol=1e-6)
+
+
+def test_bf16_vectors_are_close_to_fp32_and_cached_apart_from_them(tiny_encoder, tmp_path):
+    """evaluate.precision bf16: the matrix products run in bf16, so the vectors are near fp32's but not equal, and a
+    cache of fp32 vectors never answers for bf16 (nor the reverse)."""
+    texts = ["one sentence about rights", "another one", "Ẹ kú àárọ̀", "word " * 40]
+    fp32 = encoding.encode_cached(tiny_encoder, texts, "query: ", 8, str(tmp_path))
+    bf16 = encoding.encode_cached(tiny_encoder, texts, "query: ", 8, str(tmp_path), precision="bf16")
+    assert bf16.vectors.dtype == np.float32 and np.allclose(np.linalg.norm(bf16.of(texts), axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(fp32.of(texts) * bf16.of(texts), axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(fp32.of(texts), bf16.of(texts)), cosines
+    assert sorted(f.name.endswith("-bf16.npz") for f in (tmp_path / "vectors").iterdir()) == [False, True]
+    assert np.array_equal(encoding.encode_cached(tiny_encoder, texts, "query: ", 8, str(tmp_path)).of(texts), fp32.of(texts))
+    assert np.array_equal(encoding.encode_cached(tiny_encoder, texts, "query: ", 8, str(tmp_path), precision="bf16").of(texts),
+                          bf16.of(texts))
