@@ -172,11 +172,12 @@ def test_an_interrupted_synthesis_resumes_where_it_stopped(ray_local, make_confi
     # The rerun resumed: it kept the interrupted attempt's complete answers and generated only the rest.
     assert manifests["synthesize"]["counts"]["resumed"] == answered
 
-    # Other generation settings: nothing of the earlier answers is kept. Throughput settings alone keep them all.
+    # What an interrupted attempt is known by (the key resume_answers compares): other generation settings start over,
+    # throughput settings alone keep every answer.
+    key = lambda c: synthesize.attempt_key(c, {}, tiny_generator)  # noqa: E731
     changed = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"max_new_tokens": 5})})
-    assert run_pipeline(changed, STAGES)["synthesize"]["counts"]["resumed"] == 0
-    faster = changed.model_copy(update={"generator": changed.generator.model_copy(update={"batch_size": 8})})
-    assert run_pipeline(faster, STAGES)["synthesize"]["counts"]["resumed"] == 60
+    faster = cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"batch_size": 8, "num_actors": 2})})
+    assert key(changed) != key(cfg) and key(faster) == key(cfg)
 
 
 def test_resume_keeps_complete_answer_files_of_the_same_attempt_only(tmp_path):
