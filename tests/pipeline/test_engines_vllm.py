@@ -54,11 +54,12 @@ def test_the_pipeline_runs_icl_and_xllora_through_vllm_each_row_with_the_adapter
     assert {a["adapter"] for a in answers} == {"", "xllora-positive", "xllora-negative"}
     assert sum(a["status"] == OK for a in answers) == 12, [a["status"] for a in answers if a["status"] != OK]
 
-    # The same requests through the hf engine (transformers + peft), and the xllora ones once more without an adapter.
+    # The xllora requests through the hf engine (transformers + peft), with their adapters and without.
     seeds = pq.read_table(output_path(cfg, manifests["seeds"], "train")).to_pylist()
-    requests = plan_requests(seeds, cfg, read_registry(output_path(cfg, manifests["adapters"], "registry")))
-    hf = HFGenerator(generator_path, GENERATOR.model_copy(update={"max_new_tokens": 16}), external)
-    unadapted = [{**r, "adapter": "", "id": r["id"] + "/base"} for r in requests if r["adapter"]]
+    requests = [r for r in plan_requests(seeds, cfg, read_registry(output_path(cfg, manifests["adapters"], "registry")))
+                if r["adapter"]]
+    hf = HFGenerator(generator_path, GENERATOR.model_copy(update={"max_new_tokens": 16, "torch_threads": 2}), external)
+    unadapted = [{**r, "adapter": "", "id": r["id"] + "/base"} for r in requests]
     table = pa.Table.from_pylist(requests + unadapted)
     expected = hf({c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names})
     assert set(expected["status"]) == {OK}, expected["status"]
@@ -67,7 +68,8 @@ def test_the_pipeline_runs_icl_and_xllora_through_vllm_each_row_with_the_adapter
     assert any(hf_answer(a) != hf_answer(a, "/base") for a in answers if a["adapter"]), \
         "the random adapters change no answer: the comparison below could not tell whether vLLM applied them"
     for a in answers:  # the same greedy answer, first words at least (float noise may differ later)
-        assert a["raw"].split()[:2] == hf_answer(a).split()[:2], (a, hf_answer(a))
+        if a["adapter"]:
+            assert a["raw"].split()[:2] == hf_answer(a).split()[:2], (a, hf_answer(a))
 
 
 def test_the_openai_engine_against_vllms_own_server(ray_local, generator_path, tmp_path):
