@@ -13,8 +13,8 @@ softmax in fp32, vectors returned as fp32. On a CPU with native bf16 (AVX512-BF1
 faster than in fp32 (benchmarks/bench_eval.py --precision bf16 prints the time and what it changes in the metrics).
 
 Vectors are kept on disk per model (`encode_cached`): under cache_dir/vectors/, one file per model folder content,
-prefix and precision, so a rerun of the stage (a changed report setting, `bootembed eval`, a new task) and every run that shares
-the base encoder encode only the texts no earlier run gave that model. Keyed by what the folder holds, not where it
+prefix and precision, so a rerun of the stage (a changed report setting, `bootembed eval`, a new task) and every run
+that shares the base encoder encode only the texts no earlier run gave that model. Keyed by what the folder holds, not where it
 is: a retrained model is a new file, never stale vectors.
 """
 
@@ -140,7 +140,8 @@ def encode_cached(path: str, texts: list[str], prefix: str, batch_size: int, cac
     if cache_dir is None or not texts or not os.path.isdir(path):
         return encode(load_model(path), texts, prefix, batch_size, precision)
     kind = "" if precision == "fp32" else f"-{precision}"  # fp32 files keep the name they had before bf16 existed
-    file = Path(os.path.expanduser(cache_dir)) / "vectors" / f"{folder_digest(path)}-{text_key(prefix)[:8]}{kind}.npz"
+    name = f"{folder_digest(path)}-{text_key(prefix)[:8]}{kind}.npz"
+    file = Path(os.path.expanduser(cache_dir)) / "vectors" / name
     known = read_vectors(file)
     missing = [t for t in texts if text_key(t) not in known.index]
     if missing:
