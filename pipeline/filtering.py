@@ -109,7 +109,10 @@ def margins(rows: list[dict], encoder_path: str, prefix: str) -> list[float]:
     """cos(anchor, positive) - cos(anchor, negative) per row, by the given (base) encoder."""
     from sentence_transformers import SentenceTransformer
 
+    from pipeline import cpu_linear
+
     model = SentenceTransformer(encoder_path, device="cpu")
+    cpu_linear.accelerate(model)
     emb = {col: model.encode([r[col] for r in rows], prompt=prefix, normalize_embeddings=True, convert_to_numpy=True)
            for col in ("anchor", "positive", "negative")}
     return ((emb["anchor"] * emb["positive"]).sum(1) - (emb["anchor"] * emb["negative"]).sum(1)).tolist()

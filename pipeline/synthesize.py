@@ -227,6 +227,7 @@ def mined_answers(seeds: list[dict], cfg: RunConfig) -> list[dict]:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
+    from pipeline import cpu_linear
     from pipeline.models import resolve_model
 
     rows = [r for r in seeds if r.get(REFERENCE)]
@@ -235,6 +236,7 @@ def mined_answers(seeds: list[dict], cfg: RunConfig) -> list[dict]:
         return [{"id": r["id"], "lang": r["lang"], "strategy": "parallel", "role": "negative", "anchor": r["text"],
                  "raw": "", "status": "no_other_reference_to_mine"} for r in rows]
     model = SentenceTransformer(resolve_model(cfg.train.encoder, cfg.cache_dir), device="cpu")
+    cpu_linear.accelerate(model)
     mined = mine_hard_negatives(
         Dataset.from_dict({"query": references, "reference": references}), model, corpus=references, num_negatives=1,
         relative_margin=MINING_MARGIN, sampling_strategy="top", query_prompt=cfg.train.prefix,

@@ -193,6 +193,9 @@ def load(source: str, backend: str, quantize: str, device: str, threads: int, st
         return Backend(model.half(), "torch-fp16")
     if backend == "torch":
         if quantize == "none":
+            from pipeline import cpu_linear
+
+            cpu_linear.accelerate(model)  # oneDNN where MKL's fp32 product is slow (AMD CPUs): pipeline/cpu_linear.py
             return Backend(model, "torch")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 

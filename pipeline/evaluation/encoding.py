@@ -65,14 +65,15 @@ def distinct_texts(groups: Iterable[Iterable[str]]) -> list[str]:
 
 
 def load_model(path: str):
-    """A sentence-transformers model on the CPU, for inference; a LoRA adapter folder is merged into its base first."""
+    """A sentence-transformers model on the CPU, for inference (its linear layers through oneDNN where that is faster:
+    pipeline/cpu_linear.py); a LoRA adapter folder is merged into its base first."""
     from sentence_transformers import SentenceTransformer
 
-    from pipeline import encoder_lora
+    from pipeline import cpu_linear, encoder_lora
 
-    if encoder_lora.is_adapter_folder(path):
-        return encoder_lora.load_merged(path)
-    return SentenceTransformer(path, device="cpu")
+    model = encoder_lora.load_merged(path) if encoder_lora.is_adapter_folder(path) else SentenceTransformer(path, device="cpu")
+    cpu_linear.accelerate(model)
+    return model
 
 
 def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
