@@ -39,6 +39,8 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, StopStringCriteria
 
+        from pipeline import cpu_linear
+
         torch.set_num_threads(generator.actor_threads)
         self.torch = torch
         self.gen = generator
@@ -48,6 +50,7 @@ class HFGenerator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        cpu_linear.accelerate(self.model)  # AMD CPUs: prompt processing 1.9x, decoding 1.4x (SmolLM2-135M, 1 thread)
         self.peft = None  # a PeftModel around self.model once the first adapter is loaded
         # Built once: generate(stop_strings=...) rebuilds it from the whole vocabulary on every call (~0.15 s for
         # SmolLM2's 49k tokens), and with one adapter per language there is a call per language and role.

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline import cpu_linear
 from pipeline.config import GeneratorConfig
 from pipeline.engines import (
     DECODE_CHUNK,
@@ -130,6 +131,7 @@ def test_hf_engine_answers_as_plain_generate_does_for_prompts_sharing_a_prefix(l
 
     tokenizer = AutoTokenizer.from_pretrained(lively_generator)
     model = AutoModelForCausalLM.from_pretrained(lively_generator).eval()
+    cpu_linear.accelerate(model)  # the engine's arithmetic: what differs is only batching, padding and the shared cache
     if adapter:
         model = PeftModel.from_pretrained(model, two_adapters[adapter]).eval()
     rows = fewshot_batch(adapter)
