@@ -182,6 +182,8 @@ def train_adapter(base_path: str, job: AdapterJob, cfg: AdaptersConfig, out_path
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq
 
+    from pipeline import cpu_linear
+
     torch.set_num_threads(max(1, math.ceil(cfg.cpus_per_task)))
     torch.manual_seed(seed)
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
@@ -191,6 +193,7 @@ def train_adapter(base_path: str, job: AdapterJob, cfg: AdaptersConfig, out_path
     if not examples:
         raise AdapterDataError(f"adapter {job.name}: no usable training example (all empty or longer than adapters.max_length)")
     model = get_peft_model(model, lora_config(cfg))
+    cpu_linear.accelerate(model)  # AMD CPUs: oneDNN's fp32 products (pipeline/cpu_linear.py)
     collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     rng, order, losses, started = random.Random(seed), [], [], time.perf_counter()
