@@ -262,7 +262,7 @@ class EvaluateConfig(_Section):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="Arithmetic of the encoders while evaluating: fp32, or bf16 (torch autocast: matrix products in "
-                    "bf16, norms and softmax in fp32; 2.2-2.8x faster on CPUs with native bf16, AVX512-BF16 or AMX, and "
+                    "bf16, norms and softmax in fp32; ~1.5x faster on CPUs with native bf16, AVX512-BF16 or AMX, and "
                     "slower on CPUs without it). Measured on the demo: vectors within cosine 0.9999 of fp32, acc@1 moved "
                     "by at most one query of 23 per language. Every model of a report is encoded alike.")
     plot: bool = Field(True, description="Draw PNG plots beside report.md.")

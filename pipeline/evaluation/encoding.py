@@ -9,8 +9,9 @@ vector (~1e-7), not the reports: metrics.json stays byte-identical to the one wr
 in batches of 32 (benchmarks/bench_eval.py checks it on the demo).
 
 evaluate.precision bf16 runs the encoder under torch's CPU autocast (`arithmetic`): matrix products in bf16, norms and
-softmax in fp32, vectors returned as fp32. On a CPU with native bf16 (AVX512-BF16, AMX) the demo's texts encode 2.2-2.8x
-faster than in fp32 (benchmarks/bench_eval.py --precision bf16 prints the time and what it changes in the metrics).
+softmax in fp32, vectors returned as fp32. On a CPU with native bf16 (AVX512-BF16, AMX) the demo's texts encode about 1.5x
+faster than in fp32 through oneDNN (pipeline/cpu_linear.py; 2.2-2.8x faster than fp32 through MKL on AMD CPUs);
+benchmarks/bench_eval.py --precision bf16 prints the time and what it changes in the metrics.
 
 Vectors are kept on disk per model (`encode_cached`): under cache_dir/vectors/, one file per model folder content,
 prefix and precision, so a rerun of the stage (a changed report setting, `bootembed eval`, a new task) and every run
