@@ -177,6 +177,7 @@ import json, os, sys, time
 import torch
 import pyarrow.parquet as pq
 from pipeline.models import resolve_model
+from pipeline import cpu_linear
 from pipeline.models import load_encoder  # noqa: E402
 from pipeline.config import TrainConfig
 from pipeline.train import backward_step, triplet_encoder
@@ -184,6 +185,7 @@ a = json.loads(sys.argv[1])
 torch.set_num_threads(a["threads"])
 torch.manual_seed(0)
 tokenizer, model = load_encoder(resolve_model(a["encoder"], a["cache_dir"]), freeze_embeddings=True)
+cpu_linear.accelerate(model)  # as the stage's train_loop does
 encoder = triplet_encoder(model, "mean").train()
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
 cfg = TrainConfig(prefix=a["prefix"], temperature=a["temperature"], gather_across_workers=True,
