@@ -18,6 +18,7 @@ BOOTEMBED_CPU_LINEAR=mkl|onednn overrides the measurement (default auto).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 MIN_SPEEDUP = 1.2
 PROBE = (2048, 384, 1536)  # tokens, in, out: e5-small's feed-forward on 16 texts of 128 tokens
 CHOICES = ("auto", "mkl", "onednn")
+LOG = logging.getLogger(__name__)
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -98,8 +100,14 @@ def use_onednn() -> bool:
     if choice not in CHOICES:
         raise ValueError(f"BOOTEMBED_CPU_LINEAR={choice!r}: expected one of {', '.join(CHOICES)}")
     if choice == "mkl" or not available():
+        LOG.info("fp32 linear layers: torch's default (BOOTEMBED_CPU_LINEAR=%s, oneDNN available: %s)", choice, available())
         return False
-    return choice == "onednn" or onednn_speedup() >= MIN_SPEEDUP
+    if choice == "onednn":
+        return True
+    speedup = onednn_speedup()
+    LOG.info("fp32 linear layers: %s (oneDNN %.2fx torch's default on a %dx%dx%d product; %.1fx needed)",
+             "oneDNN" if speedup >= MIN_SPEEDUP else "torch's default", speedup, *PROBE, MIN_SPEEDUP)
+    return speedup >= MIN_SPEEDUP
 
 
 def available() -> bool:
