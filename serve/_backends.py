@@ -192,9 +192,9 @@ def load(source: str, backend: str, quantize: str, device: str, threads: int, st
     if device != "cpu":
         return Backend(model.half(), "torch-fp16")
     if backend == "torch":
-        if quantize == "none":
-            from pipeline import cpu_linear
+        from pipeline import cpu_linear
 
+        if quantize == "none":
             cpu_linear.accelerate(model)  # oneDNN where MKL's fp32 product is slow (AMD CPUs): pipeline/cpu_linear.py
             return Backend(model, "torch")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -205,6 +205,7 @@ def load(source: str, backend: str, quantize: str, device: str, threads: int, st
         linear = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
                   if isinstance(m, torch.nn.Linear) and m.in_features <= m.out_features}
         quantize_dynamic(model, linear, dtype=torch.qint8, inplace=True)
+        cpu_linear.accelerate(model)  # the down-projections left in fp32
         quantized = Backend(model, "torch-int8")
         cosine = float(np.min(np.sum(quantized.encode(PROBE_TEXTS, batch_size=8) * reference, axis=1)))
         if not np.isfinite(cosine) or cosine < MIN_COSINE["int8"]:
