@@ -99,8 +99,9 @@ def use_onednn() -> bool:
     choice = os.environ.get("BOOTEMBED_CPU_LINEAR", "auto")
     if choice not in CHOICES:
         raise ValueError(f"BOOTEMBED_CPU_LINEAR={choice!r}: expected one of {', '.join(CHOICES)}")
-    if choice == "mkl" or not available():
-        LOG.info("fp32 linear layers: torch's default (BOOTEMBED_CPU_LINEAR=%s, oneDNN available: %s)", choice, available())
+    has_onednn = available()
+    if choice == "mkl" or not has_onednn:
+        LOG.info("fp32 linear layers: torch's default (BOOTEMBED_CPU_LINEAR=%s, oneDNN available: %s)", choice, has_onednn)
         return False
     if choice == "onednn":
         return True
