@@ -70,12 +70,9 @@ def measure(rows: list[dict], encoder_path: str, batch_size: int = 64) -> dict:
     if not rows:
         return {"per_group": [], "per_strategy": {}, "skipped": "no parsed triplet has a reference translation (give "
                 "seeds an `eng` reference, or use the bundled UDHR)"}
-    from sentence_transformers import SentenceTransformer
+    from pipeline.models import load_inference_encoder
 
-    from pipeline import cpu_linear
-
-    model = SentenceTransformer(encoder_path, device="cpu")
-    cpu_linear.accelerate(model)
+    model = load_inference_encoder(encoder_path)
     texts = sorted({t for r in rows for t in (r["positive"], r["negative"], r["reference"])})
     vectors = dict(zip(texts, model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)))
     emb = lambda col, group: np.stack([vectors[r[col]] for r in group])  # noqa: E731

@@ -107,12 +107,9 @@ def filter_rows(rows: list[dict], cfg: RunConfig) -> tuple[list[dict], list[dict
 
 def margins(rows: list[dict], encoder_path: str, prefix: str) -> list[float]:
     """cos(anchor, positive) - cos(anchor, negative) per row, by the given (base) encoder."""
-    from sentence_transformers import SentenceTransformer
+    from pipeline.models import load_inference_encoder
 
-    from pipeline import cpu_linear
-
-    model = SentenceTransformer(encoder_path, device="cpu")
-    cpu_linear.accelerate(model)
+    model = load_inference_encoder(encoder_path)
     emb = {col: model.encode([r[col] for r in rows], prompt=prefix, normalize_embeddings=True, convert_to_numpy=True)
            for col in ("anchor", "positive", "negative")}
     return ((emb["anchor"] * emb["positive"]).sum(1) - (emb["anchor"] * emb["negative"]).sum(1)).tolist()

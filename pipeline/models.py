@@ -427,6 +427,18 @@ def dequantise_q4_0(data: bytes, offset: int, shape: tuple[int, int]) -> np.ndar
     return weights.reshape(rows, cols)
 
 
+def load_inference_encoder(path: str):
+    """A sentence-transformers model on the CPU for encoding, its fp32 linear layers through oneDNN where that is
+    faster (pipeline/cpu_linear.py): every stage that encodes on the CPU loads through here."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline import cpu_linear
+
+    model = SentenceTransformer(path, device="cpu")
+    cpu_linear.accelerate(model)
+    return model
+
+
 def load_encoder(path: str, freeze_embeddings: bool):
     """(tokenizer, transformers model) of an encoder folder, for training: without BERT's pooler, embeddings frozen
     or not."""

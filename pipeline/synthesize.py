@@ -224,19 +224,16 @@ def mined_answers(seeds: list[dict], cfg: RunConfig) -> list[dict]:
     """The parallel strategy's hard negatives, mined on the English side: for each anchor's reference, the most similar
     other reference under the base encoder (sentence-transformers' mine_hard_negatives), short of a near-copy."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    from pipeline import cpu_linear
-    from pipeline.models import resolve_model
+    from pipeline.models import load_inference_encoder, resolve_model
 
     rows = [r for r in seeds if r.get(REFERENCE)]
     references = sorted({r[REFERENCE] for r in rows})
     if len(references) < 2:
         return [{"id": r["id"], "lang": r["lang"], "strategy": "parallel", "role": "negative", "anchor": r["text"],
                  "raw": "", "status": "no_other_reference_to_mine"} for r in rows]
-    model = SentenceTransformer(resolve_model(cfg.train.encoder, cfg.cache_dir), device="cpu")
-    cpu_linear.accelerate(model)
+    model = load_inference_encoder(resolve_model(cfg.train.encoder, cfg.cache_dir))
     mined = mine_hard_negatives(
         Dataset.from_dict({"query": references, "reference": references}), model, corpus=references, num_negatives=1,
         relative_margin=MINING_MARGIN, sampling_strategy="top", query_prompt=cfg.train.prefix,

@@ -68,13 +68,14 @@ def distinct_texts(groups: Iterable[Iterable[str]]) -> list[str]:
 def load_model(path: str):
     """A sentence-transformers model on the CPU, for inference (its linear layers through oneDNN where that is faster:
     pipeline/cpu_linear.py); a LoRA adapter folder is merged into its base first."""
-    from sentence_transformers import SentenceTransformer
-
     from pipeline import cpu_linear, encoder_lora
+    from pipeline.models import load_inference_encoder
 
-    model = encoder_lora.load_merged(path) if encoder_lora.is_adapter_folder(path) else SentenceTransformer(path, device="cpu")
-    cpu_linear.accelerate(model)
-    return model
+    if encoder_lora.is_adapter_folder(path):
+        model = encoder_lora.load_merged(path)
+        cpu_linear.accelerate(model)
+        return model
+    return load_inference_encoder(path)
 
 
 def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
